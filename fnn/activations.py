@@ -1,0 +1,261 @@
+"""Activation functions, each with its hand-written derivative beside it.
+
+Every activation is one :class:`Activation` record: ``forward(z) -> a`` and ``backward(z, a, g) -> dL/dz``,
+where ``g = dL/da`` is the upstream gradient. ``backward`` is written in vector-Jacobian-product form for
+every activation, so the elementwise ones (``g * f'(z)``) and the vector ones (softmax, log-softmax, whose
+Jacobian is not diagonal) are used the same way by :func:`fnn.backprop`. ``backward`` receives the saved
+forward output ``a`` so that, as in the textbook, derivatives reuse what the forward pass computed
+(sigmoid' = a(1-a), tanh' = 1-a²).
+
+Conventions at kinks are those of ``jax.grad`` applied to the ``jax.nn`` function of the same name, so that the
+hand-written and autodiff gradients agree exactly:
+
+========================  ==========================================  ================================
+name                      f(z)                                        f'(z) (at kinks)
+========================  ==========================================  ================================
+identity                  z                                           1
+sigmoid                   1 / (1 + e^-z)                              a (1 - a)
+tanh                      tanh z                                      1 - a²
+relu                      max(z, 0)                                   1 if z > 0 else 0   (relu'(0) = 0)
+leaky_relu                z if z >= 0 else 0.01 z                     1 if z >= 0 else 0.01 (at 0: 1)
+elu                       z if z > 0 else e^z - 1                     1 if z > 0 else e^z (at 0: 1)
+gelu                      z Φ(z)  (exact, erf)                        Φ(z) + z φ(z)
+gelu_tanh                 ½z(1 + tanh(√(2/π)(z + 0.044715 z³)))       ½(1+t) + ½z(1-t²)√(2/π)(1 + 3·0.044715 z²)
+softplus                  log(1 + e^z)  (never overflows)             sigmoid(z)
+swish / silu              z sigmoid(z)                                s + z s (1 - s)
+binary_step               1 if z >= 0 else 0                          0 everywhere (as jax.grad; at 0 too)
+softmax                   e^z_i / Σ_j e^z_j   (row-wise)              VJP: a ⊙ (g - Σ_j g_j a_j)
+log_softmax               z_i - logΣ_j e^z_j  (row-wise)              VJP: g - softmax(z) Σ_j g_j
+========================  ==========================================  ================================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from fnn._registry import lookup
+from fnn._types import Array
+
+__all__ = ["Activation", "get", "names", "register", "REGISTRY"]
+
+
+class Activation(NamedTuple):
+    """An activation function and its hand-written backward rule.
+
+    Attributes:
+      name: registry name.
+      forward: ``z -> a``, applied to pre-activations of shape ``(..., n)``.
+      backward: ``(z, a, g) -> dL/dz`` with ``a = forward(z)`` and ``g = dL/da``, all of shape ``(..., n)``.
+        A vector-Jacobian product: ``g * f'(z)`` for elementwise activations.
+      derivative: ``z -> f'(z)`` for elementwise activations, ``None`` for vector ones (softmax, log_softmax).
+    """
+
+    name: str
+    forward: Callable[[Array], Array]
+    backward: Callable[[Array, Array, Array], Array]
+    derivative: Callable[[Array], Array] | None
+
+    @property
+    def elementwise(self) -> bool:
+        """True when the Jacobian is diagonal (every activation except softmax and log_softmax)."""
+        return self.derivative is not None
+
+    def __repr__(self) -> str:
+        return f"Activation({self.name!r})"
+
+
+def _elementwise(name: str, forward: Callable, derivative_from: Callable) -> Activation:
+    """Build a record from ``f`` and ``f'`` written as ``derivative_from(z, a)`` (so it may reuse ``a``)."""
+
+    def backward(z: Array, a: Array, g: Array) -> Array:
+        return g * derivative_from(z, a)
+
+    def derivative(z: Array) -> Array:
+        return derivative_from(z, forward(z))
+
+    return Activation(name, forward, backward, derivative)
+
+
+# --- elementwise: forward and derivative side by side ---------------------------------------------------
+
+def _identity(z):
+    return z
+
+
+def _d_identity(z, a):
+    return jnp.ones_like(z)
+
+
+def _sigmoid(z):
+    # lax.logistic is the overflow-free sigmoid jax.nn.sigmoid uses.
+    return jax.lax.logistic(z)
+
+
+def _d_sigmoid(z, a):
+    return a * (1 - a)
+
+
+def _tanh(z):
+    return jnp.tanh(z)
+
+
+def _d_tanh(z, a):
+    return 1 - a * a
+
+
+def _relu(z):
+    return jnp.maximum(z, 0)
+
+
+def _d_relu(z, a):
+    # relu'(0) = 0, as jax.grad(jax.nn.relu)(0.).
+    return jnp.where(z > 0, 1, 0).astype(z.dtype)
+
+
+LEAKY_SLOPE = 0.01
+
+
+def _leaky_relu(z):
+    return jnp.where(z >= 0, z, LEAKY_SLOPE * z)
+
+
+def _d_leaky_relu(z, a):
+    # leaky_relu'(0) = 1, as jax.grad(jax.nn.leaky_relu)(0.).
+    return jnp.where(z >= 0, 1, LEAKY_SLOPE).astype(z.dtype)
+
+
+def _elu(z):
+    return jnp.where(z > 0, z, jnp.expm1(jnp.where(z > 0, 0, z)))
+
+
+def _d_elu(z, a):
+    # elu'(0) = e^0 = 1 (alpha = 1): the left branch is taken at 0, as in jax.nn.elu.
+    return jnp.where(z > 0, 1, a + 1).astype(z.dtype)
+
+
+_SQRT_HALF = 1 / math.sqrt(2)
+_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+
+
+def _gelu(z):
+    return 0.5 * z * (1 + jax.lax.erf(z * _SQRT_HALF))
+
+
+def _d_gelu(z, a):
+    cdf = 0.5 * (1 + jax.lax.erf(z * _SQRT_HALF))
+    pdf = _INV_SQRT_2PI * jnp.exp(-0.5 * z * z)
+    return cdf + z * pdf
+
+
+_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+_GELU_C = 0.044715
+
+
+def _gelu_tanh(z):
+    return 0.5 * z * (1 + jnp.tanh(_SQRT_2_OVER_PI * (z + _GELU_C * z**3)))
+
+
+def _d_gelu_tanh(z, a):
+    t = jnp.tanh(_SQRT_2_OVER_PI * (z + _GELU_C * z**3))
+    return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * _GELU_C * z * z)
+
+
+def _softplus(z):
+    # log(1 + e^z) = max(z, 0) + log1p(e^-|z|): never overflows.
+    return jnp.logaddexp(z, 0)
+
+
+def _d_softplus(z, a):
+    return jax.lax.logistic(z)
+
+
+def _swish(z):
+    return z * jax.lax.logistic(z)
+
+
+def _d_swish(z, a):
+    s = jax.lax.logistic(z)
+    return s + z * s * (1 - s)
+
+
+def _binary_step(z):
+    return jnp.where(z >= 0, 1, 0).astype(z.dtype)
+
+
+def _d_binary_step(z, a):
+    # Zero everywhere, at 0 too: the step is flat almost everywhere and jax.grad of jnp.where gives 0.
+    return jnp.zeros_like(z)
+
+
+# --- vector activations: backward is a Jacobian-vector product ----------------------------------------
+
+def _softmax(z):
+    e = jnp.exp(z - jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True)))
+    return e / jnp.sum(e, axis=-1, keepdims=True)
+
+
+def _softmax_backward(z, a, g):
+    # J = diag(a) - a aᵀ (symmetric), so Jᵀg = a ⊙ (g - <g, a>).
+    return a * (g - jnp.sum(g * a, axis=-1, keepdims=True))
+
+
+def _log_softmax(z):
+    shifted = z - jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
+    return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
+
+
+def _log_softmax_backward(z, a, g):
+    # J = I - 1 softmax(z)ᵀ, so Jᵀg = g - softmax(z) Σ_j g_j, with softmax(z) = exp(a).
+    return g - jnp.exp(a) * jnp.sum(g, axis=-1, keepdims=True)
+
+
+REGISTRY: dict[str, Activation] = {}
+
+
+def register(activation: Activation, *aliases: str) -> Activation:
+    """Add an activation record to the registry under its name and any aliases."""
+    if not isinstance(activation, Activation):
+        raise TypeError(f"register expects an Activation record, got {type(activation).__name__}.")
+    for key in (activation.name, *aliases):
+        REGISTRY[key] = activation
+    return activation
+
+
+identity = register(_elementwise("identity", _identity, _d_identity), "linear")
+sigmoid = register(_elementwise("sigmoid", _sigmoid, _d_sigmoid))
+tanh = register(_elementwise("tanh", _tanh, _d_tanh))
+relu = register(_elementwise("relu", _relu, _d_relu))
+leaky_relu = register(_elementwise("leaky_relu", _leaky_relu, _d_leaky_relu))
+elu = register(_elementwise("elu", _elu, _d_elu))
+gelu = register(_elementwise("gelu", _gelu, _d_gelu))
+gelu_tanh = register(_elementwise("gelu_tanh", _gelu_tanh, _d_gelu_tanh))
+softplus = register(_elementwise("softplus", _softplus, _d_softplus))
+swish = register(_elementwise("swish", _swish, _d_swish), "silu")
+binary_step = register(_elementwise("binary_step", _binary_step, _d_binary_step))
+softmax = register(Activation("softmax", _softmax, _softmax_backward, None))
+log_softmax = register(Activation("log_softmax", _log_softmax, _log_softmax_backward, None))
+
+
+def get(activation: str | Activation) -> Activation:
+    """Return the :class:`Activation` record for a name (or the record itself).
+
+    Raises:
+      ValueError: for an unknown name; the message lists the valid names and the closest match.
+      TypeError: for anything that is neither a string nor a record.
+
+    Example:
+      >>> import jax.numpy as jnp, fnn
+      >>> fnn.activations.get("relu").forward(jnp.array([-1.0, 2.0]))
+      Array([0., 2.], dtype=float32)
+    """
+    return lookup("activation", activation, REGISTRY, Activation)
+
+
+def names() -> list[str]:
+    """The canonical names (aliases such as ``silu`` and ``linear`` excluded)."""
+    return sorted({a.name for a in REGISTRY.values()})

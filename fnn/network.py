@@ -1,0 +1,225 @@
+"""Multi-layer perceptrons as pure functions over a parameter pytree.
+
+A :class:`Network` is a NamedTuple: the static description of its layers plus two pure functions,
+``init(key) -> params`` and ``apply(params, x) -> output``. Params are a plain list with one dict per layer,
+``{"w": (n_in, n_out), "b": (n_out,)}`` (no ``"b"`` key when ``bias=False``). Layer ``l`` computes
+``z_l = a_{l-1} @ w_l + b_l`` and ``a_l = f_l(z_l)`` with ``a_0 = x``; the textbook's ``W`` of shape
+``(n_out, n_in)`` acting on a column vector is ``w.T`` here, acting on a row vector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from fnn import activations as _activations
+from fnn import initializers as _initializers
+from fnn._types import Array, ArrayLike, Params, PRNGKey
+
+__all__ = ["Network", "mlp", "forward"]
+
+
+class Network(NamedTuple):
+    """A static MLP description and its pure ``init``/``apply`` functions.
+
+    Attributes:
+      sizes: layer widths ``(n_in, n_hidden..., n_out)``.
+      activations: one :class:`~fnn.activations.Activation` per layer (``len(sizes) - 1``).
+      bias: whether layers carry a bias ``"b"``.
+      initializer: the weight :class:`~fnn.initializers.Initializer` (biases start at zero).
+      dtype: the parameter dtype.
+      init: ``init(key) -> params``.
+      apply: ``apply(params, x) -> output`` for ``x`` of shape ``(n_in,)`` or ``(batch, n_in)``.
+    """
+
+    sizes: tuple[int, ...]
+    activations: tuple[_activations.Activation, ...]
+    bias: bool
+    initializer: _initializers.Initializer
+    dtype: Any
+    init: Callable[[PRNGKey], Params]
+    apply: Callable[[Params, ArrayLike], Array]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.sizes) - 1
+
+    @property
+    def output(self) -> _activations.Activation:
+        """The activation of the last layer."""
+        return self.activations[-1]
+
+    def describe(self) -> dict:
+        """A JSON-able description; ``fnn.mlp(**net.describe())`` rebuilds the same network."""
+        return {
+            "sizes": list(self.sizes),
+            "activations": [a.name for a in self.activations],
+            "bias": self.bias,
+            "init": self.initializer.name,
+            "dtype": jnp.dtype(self.dtype).name,
+        }
+
+    def param_shapes(self) -> list[dict[str, tuple[int, ...]]]:
+        """The shape of every leaf, in the layout of params."""
+        shapes = []
+        for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:]):
+            layer = {"w": (n_in, n_out)}
+            if self.bias:
+                layer["b"] = (n_out,)
+            shapes.append(layer)
+        return shapes
+
+    def check_params(self, params: Params) -> None:
+        """Raise a ValueError naming the layer and the shapes when params do not fit this network."""
+        check_params(self, params)
+
+    def __repr__(self) -> str:
+        acts = ", ".join(a.name for a in self.activations)
+        return f"Network(sizes={list(self.sizes)}, activations=[{acts}], bias={self.bias}, dtype={jnp.dtype(self.dtype).name})"
+
+
+def _check_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
+        raise TypeError(f"sizes must be a sequence of layer widths such as [784, 128, 10], got {sizes!r}.")
+    if len(sizes) < 2:
+        raise ValueError(
+            f"sizes must list at least an input and an output width, e.g. [4, 3]; got {list(sizes)} "
+            f"({len(sizes)} entr{'y' if len(sizes) == 1 else 'ies'})."
+        )
+    for i, n in enumerate(sizes):
+        if isinstance(n, bool) or not isinstance(n, int) and not hasattr(n, "__index__"):
+            raise TypeError(f"sizes[{i}] must be a positive int, got {type(n).__name__} {n!r} in {list(sizes)}.")
+        if int(n) <= 0:
+            raise ValueError(f"sizes[{i}] must be a positive int, got {n} in {list(sizes)}.")
+    return tuple(int(n) for n in sizes)
+
+
+def mlp(
+    sizes: Sequence[int],
+    hidden: str | _activations.Activation = "relu",
+    output: str | _activations.Activation = "identity",
+    *,
+    activations: Sequence[str | _activations.Activation] | None = None,
+    bias: bool = True,
+    init: str | _initializers.Initializer = "glorot_uniform",
+    dtype: Any = None,
+) -> Network:
+    """Build a fully connected network.
+
+    Args:
+      sizes: layer widths ``[n_in, n_hidden..., n_out]``, each a positive int.
+      hidden: activation of every hidden layer (ignored when ``activations`` is given).
+      output: activation of the last layer (ignored when ``activations`` is given).
+      activations: one activation per layer, overriding ``hidden``/``output``.
+      bias: give each layer a bias ``"b"`` (zeros at init).
+      init: weight initializer name or record (see :mod:`fnn.initializers`).
+      dtype: parameter dtype; ``None`` means JAX's default float (float32, or float64 with x64 enabled).
+
+    Returns:
+      A :class:`Network`.
+
+    Raises:
+      ValueError / TypeError: bad sizes, wrong number of activations, unknown names.
+
+    Example:
+      >>> import jax, fnn
+      >>> net = fnn.mlp([4, 10, 3], hidden="tanh", output="softmax")
+      >>> params = net.init(jax.random.key(0))
+      >>> net.apply(params, jax.numpy.ones((5, 4))).shape
+      (5, 3)
+    """
+    sizes = _check_sizes(sizes)
+    n_layers = len(sizes) - 1
+    if activations is None:
+        activations = [hidden] * (n_layers - 1) + [output]
+    elif isinstance(activations, (str, _activations.Activation)):
+        raise TypeError(f"activations must be a list with one activation per layer ({n_layers}), got {activations!r}.")
+    if len(activations) != n_layers:
+        raise ValueError(
+            f"sizes {list(sizes)} describe {n_layers} layer(s), so activations needs {n_layers} entries; "
+            f"got {len(activations)}: {list(activations)}."
+        )
+    acts = tuple(_activations.get(a) for a in activations)
+    initializer = _initializers.get(init)
+    if not isinstance(bias, bool):
+        raise TypeError(f"bias must be True or False, got {bias!r}.")
+    dtype = jnp.dtype(jnp.result_type(float) if dtype is None else dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"dtype must be a floating dtype (float16, bfloat16, float32, float64), got {dtype}.")
+
+    def init_fn(key: PRNGKey) -> Params:
+        keys = jax.random.split(key, n_layers)
+        params = []
+        for k, n_in, n_out in zip(keys, sizes[:-1], sizes[1:]):
+            layer = {"w": initializer(k, (n_in, n_out), dtype)}
+            if bias:
+                layer["b"] = jnp.zeros((n_out,), dtype)
+            params.append(layer)
+        return params
+
+    net = Network(sizes, acts, bias, initializer, dtype, init_fn, None)  # type: ignore[arg-type]
+
+    def apply_fn(params: Params, x: ArrayLike) -> Array:
+        x2, single = check_input(net, params, x)
+        _, outs = forward(net, params, x2)
+        return outs[-1][0] if single else outs[-1]
+
+    return net._replace(apply=apply_fn)
+
+
+def check_params(net: Network, params: Params) -> None:
+    """Raise ValueError naming the layer, expected and actual shapes when ``params`` do not fit ``net``."""
+    if not isinstance(params, (list, tuple)):
+        raise TypeError(f"params must be a list of {net.num_layers} layer dicts, got {type(params).__name__}.")
+    if len(params) != net.num_layers:
+        raise ValueError(
+            f"params have {len(params)} layer(s) but the network {list(net.sizes)} has {net.num_layers}."
+        )
+    for l, (layer, expected) in enumerate(zip(params, net.param_shapes())):
+        if not isinstance(layer, dict):
+            raise TypeError(f"Layer {l}: params must be a dict with keys {sorted(expected)}, got {type(layer).__name__}.")
+        got_keys = sorted(k for k, v in layer.items() if v is not None)
+        if got_keys != sorted(expected):
+            raise ValueError(f"Layer {l}: expected params with keys {sorted(expected)}, got keys {got_keys}.")
+        for name, shape in expected.items():
+            actual = tuple(jnp.shape(layer[name]))
+            if actual != shape:
+                raise ValueError(f"Layer {l}: expected {name} of shape {shape}, got {actual}.")
+
+
+def check_input(net: Network, params: Params, x: ArrayLike) -> tuple[Array, bool]:
+    """Validate params and input; return ``x`` as ``(batch, n_in)`` in the params' dtype and whether it was 1-D."""
+    check_params(net, params)
+    x = jnp.asarray(x)
+    if x.ndim not in (1, 2):
+        raise ValueError(
+            f"Input must have shape ({net.sizes[0]},) or (batch, {net.sizes[0]}), got shape {x.shape} (rank {x.ndim})."
+        )
+    if x.shape[-1] != net.sizes[0]:
+        raise ValueError(
+            f"Layer 0: expected {net.sizes[0]} input features, got {x.shape[-1]} (input shape {x.shape})."
+        )
+    single = x.ndim == 1
+    x = x[None, :] if single else x
+    return x.astype(params[0]["w"].dtype), single
+
+
+def forward(net: Network, params: Params, x: Array) -> tuple[list[Array], list[Array]]:
+    """The forward pass on a batch ``(batch, n_in)`` keeping every layer: returns ``(zs, activations)``.
+
+    ``zs[l]`` and ``activations[l]`` are the pre-activation and activation of layer ``l`` (``(batch, n_l)``).
+    No validation: callers check with :func:`check_input`.
+    """
+    zs, outs = [], []
+    a = x
+    for layer, act in zip(params, net.activations):
+        z = a @ layer["w"]
+        if "b" in layer and layer["b"] is not None:
+            z = z + layer["b"]
+        a = act.forward(z)
+        zs.append(z)
+        outs.append(a)
+    return zs, outs
