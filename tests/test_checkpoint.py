@@ -1,0 +1,356 @@
+"""Tests for fnn.checkpoint: exact round trips, refusal of bad files (never running their code), atomic saves."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import zipfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import safetensors.numpy
+from safetensors import safe_open
+
+from fnn import checkpoint
+from fnn.network import mlp
+
+
+def same_bits(a, b) -> bool:
+    """True when two arrays have the same dtype, shape and bytes (so NaN payloads and -0.0 count too)."""
+    a, b = np.asarray(a), np.asarray(b)
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def trees_same_bits(a, b) -> bool:
+    if jax.tree_util.tree_structure(a) != jax.tree_util.tree_structure(b):
+        return False
+    return all(same_bits(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+def random_params(net, seed=0):
+    """Params of ``net``'s shapes and dtype filled with normal noise (numpy: no JAX compilation, fast tests).
+
+    Every leaf, biases included, has non-trivial bits, so a round trip that loses any would be caught.
+    """
+    rng = np.random.default_rng(seed)
+    dtype = jnp.dtype(net.dtype)
+    return [{name: jnp.asarray(rng.standard_normal(shape).astype(dtype)) for name, shape in layer.items()}
+            for layer in net.param_shapes()]
+
+
+@pytest.fixture
+def net():
+    return mlp([6, 5, 3], hidden="tanh", output="softmax")
+
+
+@pytest.fixture
+def saved(tmp_path, net):
+    """A valid checkpoint with params, an adam state, metadata and arrays; returns its path."""
+    params = random_params(net)
+    opt = optax.adam(1e-2)
+    return checkpoint.save(tmp_path / "ok.safetensors", params, net=net, opt_state=opt.init(params),
+                           metadata={"note": "hello", "epoch": 7}, arrays={"history": np.arange(4.0)})
+
+
+# --- round trips -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_params_round_trip_bit_exact(tmp_path, dtype, bias):
+    net = mlp([4, 7, 3], activations=["sigmoid", "identity"], bias=bias, dtype=dtype)
+    params = random_params(net)
+    path = checkpoint.save(tmp_path / "c.safetensors", params, net=net)
+    ckpt = checkpoint.load(path)
+    assert ckpt.net.describe() == net.describe()
+    assert [sorted(layer) for layer in ckpt.params] == [["b", "w"] if bias else ["w"]] * 2
+    assert all(isinstance(leaf, jax.Array) for leaf in jax.tree_util.tree_leaves(ckpt.params))
+    assert trees_same_bits(ckpt.params, params)
+    assert ckpt.params[0]["w"].dtype == jnp.dtype(dtype)
+    assert ckpt.opt_state is None and ckpt.metadata == {} and ckpt.arrays == {}
+    x = jnp.ones((2, 4), dtype)
+    assert same_bits(ckpt.net.apply(ckpt.params, x), net.apply(params, x))
+
+
+def test_float64_round_trip(tmp_path):
+    with jax.enable_x64(True):
+        net = mlp([3, 4, 2], dtype="float64")
+        params = random_params(net)
+        assert params[0]["w"].dtype == jnp.float64
+        ckpt = checkpoint.load(checkpoint.save(tmp_path / "f64.safetensors", params, net=net))
+        assert ckpt.params[0]["w"].dtype == jnp.float64
+        assert trees_same_bits(ckpt.params, params)
+
+
+def test_on_disk_layout(saved):
+    with safe_open(saved, framework="numpy") as f:
+        keys = set(f.keys())
+        meta = f.metadata()
+    assert {"params/0/w", "params/0/b", "params/1/w", "params/1/b", "opt_state/0", "arrays/history"} <= keys
+    info = json.loads(meta["fnn"])
+    assert info["version"] == checkpoint.FORMAT_VERSION
+    assert info["net"] == mlp([6, 5, 3], hidden="tanh", output="softmax").describe()
+    assert info["metadata"] == {"note": "hello", "epoch": 7}
+    assert info["params"][0]["w"] == {"dtype": "float32", "shape": [6, 5]}
+    assert info["opt_state"]["num_leaves"] == sum(k.startswith("opt_state/") for k in keys)
+    assert info["opt_state"]["leaves"][0] == {"dtype": "int32", "shape": []}  # adam's count: a 0-d leaf
+
+
+def test_bfloat16_is_stored_as_uint16_view(tmp_path):
+    net = mlp([2, 2], dtype="bfloat16")
+    params = random_params(net)
+    path = checkpoint.save(tmp_path / "bf16.safetensors", params, net=net)
+    raw = safetensors.numpy.load_file(path)
+    assert raw["params/0/w"].dtype == np.uint16
+    assert same_bits(raw["params/0/w"], np.asarray(params[0]["w"]).view(np.uint16))
+
+
+@pytest.mark.parametrize(
+    "make_optimizer", [lambda: optax.adam(1e-2), lambda: optax.sgd(0.1, momentum=0.9)], ids=["adam", "sgd_momentum"]
+)
+def test_optimizer_state_round_trip(tmp_path, net, make_optimizer):
+    opt = make_optimizer()
+    params = random_params(net)
+    state = opt.init(params)
+    for i in range(3):  # a few real steps so the state holds non-zero moments and count
+        grads = random_params(net, seed=10 + i)
+        updates, state = opt.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    path = checkpoint.save(tmp_path / "opt.safetensors", params, net=net, opt_state=state)
+
+    ckpt = checkpoint.load(path, opt_state_like=opt.init(params))
+    assert jax.tree_util.tree_structure(ckpt.opt_state) == jax.tree_util.tree_structure(state)
+    assert trees_same_bits(ckpt.opt_state, state)
+    assert trees_same_bits(ckpt.params, params)
+    # The restored state continues training exactly like the original.
+    grads = random_params(net, seed=99)
+    assert trees_same_bits(opt.update(grads, ckpt.opt_state, ckpt.params), opt.update(grads, state, params))
+
+    # An abstract template (no allocation) works too; without one, the leaves come back flat.
+    abstract = jax.eval_shape(opt.init, params)
+    assert trees_same_bits(checkpoint.load(path, opt_state_like=abstract).opt_state, state)
+    flat = checkpoint.load(path).opt_state
+    assert isinstance(flat, list)
+    assert all(same_bits(a, b) for a, b in zip(flat, jax.tree_util.tree_leaves(state), strict=True))
+
+
+def test_optimizer_state_template_mismatch(tmp_path, net):
+    params = random_params(net)
+    path = checkpoint.save(tmp_path / "adam.safetensors", params, net=net, opt_state=optax.adam(1e-2).init(params))
+    with pytest.raises(ValueError, match=r"has 9 leaves but opt_state_like has 4"):
+        checkpoint.load(path, opt_state_like=optax.sgd(0.1, momentum=0.9).init(params))
+    half = jax.tree_util.tree_map(lambda p: p.astype(jnp.float16), params)
+    expected = r"leaf 1 \[0\]\.mu\[0\]\['b'\]: expected shape \(5,\) dtype float16 .*found shape \(5,\) dtype float32"
+    with pytest.raises(ValueError, match=expected):
+        checkpoint.load(path, opt_state_like=optax.adam(1e-2).init(half))
+    other = random_params(mlp([6, 4, 3]))
+    expected = r"leaf 2 \[0\]\.mu\[0\]\['w'\]: expected shape \(6, 4\) .*found shape \(6, 5\)"
+    with pytest.raises(ValueError, match=expected):
+        checkpoint.load(path, opt_state_like=optax.adam(1e-2).init(other))
+
+
+def test_empty_optimizer_state_is_not_none(tmp_path, net):
+    params = random_params(net)
+    opt = optax.sgd(0.1)  # state with no leaves at all
+    path = checkpoint.save(tmp_path / "sgd.safetensors", params, net=net, opt_state=opt.init(params))
+    assert checkpoint.load(path).opt_state == []
+    restored = checkpoint.load(path, opt_state_like=opt.init(params)).opt_state
+    assert jax.tree_util.tree_structure(restored) == jax.tree_util.tree_structure(opt.init(params))
+
+
+def test_metadata_and_arrays_round_trip(tmp_path, net):
+    key = jax.random.key(42)
+    history = np.array([2.5, 1.25, 0.1 + 0.2], dtype=np.float64)
+    metadata = {"epoch": 12, "lr": 0.1, "name": "run-α", "nested": {"a": [1, 2.5, None, True]}, "tuple": (1, 2)}
+    arrays = {"key": jax.random.key_data(key), "typed_key": key, "train_loss": history, "step": np.int32(5)}
+    path = checkpoint.save(tmp_path / "m.safetensors", random_params(net), net=net, metadata=metadata, arrays=arrays)
+    ckpt = checkpoint.load(path)
+    assert ckpt.metadata == {**metadata, "tuple": [1, 2]}  # JSON has no tuples
+    assert same_bits(ckpt.arrays["train_loss"], history)  # numpy, exact float64 even without x64
+    assert same_bits(ckpt.arrays["step"], np.int32(5)) and ckpt.arrays["step"].shape == ()
+    restored = jax.random.wrap_key_data(ckpt.arrays["key"])
+    assert same_bits(jax.random.normal(restored, (5,)), jax.random.normal(key, (5,)))
+    assert same_bits(jax.random.normal(ckpt.arrays["typed_key"], (5,)), jax.random.normal(key, (5,)))
+
+
+# --- validation on save and on load ----------------------------------------------------------------------
+
+
+def test_load_into_different_architecture_names_the_differences(tmp_path):
+    saved_net = mlp([64, 32, 10])
+    path = checkpoint.save(tmp_path / "a.safetensors", random_params(saved_net), net=saved_net)
+    with pytest.raises(ValueError) as info:
+        checkpoint.load(path, mlp([64, 16, 10]))
+    message = str(info.value)
+    assert str(path) in message
+    assert "sizes: checkpoint has [64, 32, 10], network has [64, 16, 10]" in message
+    assert "layer 1 w: checkpoint (32, 10), network (16, 10)" in message
+    with pytest.raises(ValueError, match=r"bias: checkpoint has True, network has False"):
+        checkpoint.load(path, mlp([64, 32, 10], bias=False))
+    same = mlp([64, 32, 10])
+    assert checkpoint.load(path, same).net is same
+
+
+def test_save_rejects_wrong_shaped_params(tmp_path, net):
+    params = random_params(net)
+    params[1]["w"] = jnp.zeros((4, 3))
+    with pytest.raises(ValueError, match=r"Layer 1: expected w of shape \(5, 3\), got \(4, 3\)"):
+        checkpoint.save(tmp_path / "bad.safetensors", params, net=net)
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    "metadata, offender",
+    [({"lr": np.float32(0.1)}, "metadata['lr']"), ({"a": {"b": [1, object()]}}, "metadata['a']['b'][1]"),
+     ({"a": {1: "x"}}, "metadata['a'] has a key 1"), ({3: "x"}, "metadata has a key 3")],
+)
+def test_metadata_must_be_json_serialisable(tmp_path, net, metadata, offender):
+    with pytest.raises(TypeError) as info:
+        checkpoint.save(tmp_path / "m.safetensors", random_params(net), net=net, metadata=metadata)
+    assert offender in str(info.value)
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        checkpoint.load(tmp_path / "nope.safetensors")
+
+
+def _flip_in(needle: bytes):
+    """Corrupt one byte inside the first occurrence of ``needle``."""
+    def corrupt(data: bytes) -> bytes:
+        i = data.index(needle) + len(needle) - 1
+        return data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1 :]
+    return corrupt
+
+
+def _torch_style_zip(data: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"w": np.zeros(3)}))
+        z.writestr("archive/version", "3\n")
+    return buffer.getvalue()
+
+
+CORRUPTIONS = {
+    "truncated_half": lambda d: d[: len(d) // 2],
+    "truncated_last_byte": lambda d: d[:-1],
+    "flipped_json_brace": lambda d: d[:8] + b"[" + d[9:],
+    "flipped_dtype": _flip_in(b'"dtype":"F3'),
+    "flipped_user_metadata": _flip_in(b"hello"),  # still valid JSON: only the checksum can tell
+    "flipped_tensor_byte": lambda d: d[:-1] + bytes([d[-1] ^ 0x80]),
+    "empty": lambda d: b"",
+    "seven_bytes": lambda d: d[:7],
+    "random_junk": lambda d: np.random.default_rng(0).bytes(4096),
+    "header_claims_2**60": lambda d: (2**60).to_bytes(8, "little") + d[8:],
+    "header_claims_zero": lambda d: (0).to_bytes(8, "little") + d[8:],
+    "pickle": lambda d: pickle.dumps({"w": np.zeros(3)}),
+    "pickle_appended": lambda d: d + pickle.dumps({"w": np.zeros(3)}),
+    "torch_zip": _torch_style_zip,
+}
+
+
+@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+def test_invalid_files_are_refused(saved, corruption):
+    bad = saved.with_name("x.safetensors")
+    bad.write_bytes(CORRUPTIONS[corruption](saved.read_bytes()))
+    with pytest.raises(ValueError, match="not a valid fnn checkpoint") as info:
+        checkpoint.load(bad)
+    assert str(bad) in str(info.value)
+
+
+def test_plain_safetensors_without_fnn_metadata(tmp_path):
+    path = tmp_path / "plain.safetensors"
+    safetensors.numpy.save_file({"params/0/w": np.zeros((2, 2), np.float32)}, path)
+    with pytest.raises(ValueError, match=r"plain.safetensors is a safetensors file but not a valid fnn checkpoint"):
+        checkpoint.load(path)
+
+
+def test_unknown_format_version(tmp_path):
+    path = tmp_path / "future.safetensors"
+    blob = json.dumps({"format": "fnn.checkpoint", "version": 99})
+    safetensors.numpy.save_file({"params/0/w": np.zeros((2, 2), np.float32)}, path, metadata={"fnn": blob})
+    with pytest.raises(ValueError, match=r"future.safetensors: unsupported fnn checkpoint format version 99"):
+        checkpoint.load(path)
+
+
+class _RunsCode:
+    """Unpickling this calls ``open(marker, "w")``: a stand-in for arbitrary code execution."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("packaging", ["bare", "appended_to_valid_checkpoint", "torch_zip"])
+def test_malicious_pickle_is_never_executed(tmp_path, saved, packaging):
+    # The payload really does run code when unpickled, so this test could catch a loader that unpickles.
+    probe = tmp_path / "probe"
+    pickle.loads(pickle.dumps(_RunsCode(probe))).close()
+    assert probe.exists()
+
+    marker = tmp_path / "marker"
+    payload = pickle.dumps(_RunsCode(marker))
+    if packaging == "bare":
+        data = payload
+    elif packaging == "appended_to_valid_checkpoint":
+        data = saved.read_bytes() + payload
+    else:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as z:
+            z.writestr("archive/data.pkl", payload)
+        data = buffer.getvalue()
+    bad = tmp_path / "x.safetensors"
+    bad.write_bytes(data)
+    with pytest.raises(ValueError, match="x.safetensors is not a valid fnn checkpoint"):
+        checkpoint.load(bad)
+    assert not marker.exists()
+
+
+# --- atomicity -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("failing", ["replace", "fsync"])
+def test_failed_save_leaves_previous_checkpoint_intact(tmp_path, net, monkeypatch, failing):
+    path = tmp_path / "ckpt.safetensors"
+    old = random_params(net, seed=0)
+    checkpoint.save(path, old, net=net, metadata={"version": "old"})
+    before = path.read_bytes()
+
+    def boom(*args, **kwargs):
+        raise OSError(f"simulated crash in os.{failing}")
+
+    monkeypatch.setattr(os, failing, boom)
+    with pytest.raises(OSError, match="simulated crash"):
+        checkpoint.save(path, random_params(net, seed=1), net=net, metadata={"version": "new"})
+    monkeypatch.undo()
+
+    assert os.listdir(tmp_path) == ["ckpt.safetensors"]  # no temp file left behind
+    assert path.read_bytes() == before
+    ckpt = checkpoint.load(path)
+    assert ckpt.metadata == {"version": "old"}
+    assert trees_same_bits(ckpt.params, old)
+
+
+def test_save_creates_parents_and_replaces(tmp_path, net):
+    path = tmp_path / "a" / "b" / "ckpt.safetensors"
+    assert checkpoint.save(str(path), random_params(net, seed=0), net=net) == path
+    new = random_params(net, seed=1)
+    checkpoint.save(path, new, net=net)
+    assert trees_same_bits(checkpoint.load(path).params, new)
+    assert os.listdir(path.parent) == ["ckpt.safetensors"]
+
+
+def test_lying_header_length_is_refused_before_reading(saved):
+    bad = saved.with_name("liar.safetensors")
+    bad.write_bytes((2**60).to_bytes(8, "little") + saved.read_bytes()[8:])
+    message = rf"liar.safetensors is not a valid fnn checkpoint: its header claims {2**60} bytes"
+    with pytest.raises(ValueError, match=message):
+        checkpoint.load(bad)
