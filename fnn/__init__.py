@@ -2,30 +2,68 @@
 
 Networks are pure functions over parameter pytrees (``net.init(key) -> params``,
 ``net.apply(params, x)``); :func:`backprop` computes gradients by the textbook delta recursion and
-:func:`gradcheck` proves them equal to ``jax.grad`` and to finite differences.
+:func:`gradcheck` proves them equal to ``jax.grad`` and to finite differences; :func:`fit` trains with
+whole epochs compiled as one ``lax.scan``.
 """
 
-from fnn import activations, initializers, losses
+from fnn import activations, data, initializers, losses
 from fnn.backprop import Trace, autodiff, backprop, manual_apply, manual_objective, objective, per_example_grads
+from fnn.data import (
+    digits,
+    fashion_mnist,
+    iris,
+    load_dataset,
+    load_idx,
+    mnist,
+    one_hot,
+    standardize,
+    train_test_split,
+)
 from fnn.gradcheck import GradcheckReport, gradcheck, taylor_test
 from fnn.network import Network, mlp
+from fnn.train import (
+    DivergenceWarning,
+    TrainingInterrupted,
+    evaluate,
+    fit,
+    fit_ensemble,
+    make_optimizer,
+    sgd_step,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DivergenceWarning",
     "GradcheckReport",
     "Network",
     "Trace",
+    "TrainingInterrupted",
     "activations",
     "autodiff",
     "backprop",
+    "data",
+    "digits",
+    "evaluate",
+    "fashion_mnist",
+    "fit",
+    "fit_ensemble",
+    "gradcheck",
     "initializers",
+    "iris",
+    "load_dataset",
+    "load_idx",
     "losses",
+    "make_optimizer",
     "manual_apply",
     "manual_objective",
     "mlp",
+    "mnist",
     "objective",
+    "one_hot",
     "per_example_grads",
-    "gradcheck",
+    "sgd_step",
+    "standardize",
     "taylor_test",
+    "train_test_split",
 ]
