@@ -6,8 +6,9 @@ Networks are pure functions over parameter pytrees (``net.init(key) -> params``,
 whole epochs compiled as one ``lax.scan``.
 """
 
-from fnn import activations, data, initializers, losses
+from fnn import activations, checkpoint, data, initializers, losses
 from fnn.backprop import Trace, autodiff, backprop, manual_apply, manual_objective, objective, per_example_grads
+from fnn.checkpoint import Checkpoint, load, save
 from fnn.data import (
     digits,
     fashion_mnist,
@@ -34,6 +35,7 @@ from fnn.train import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Checkpoint",
     "DivergenceWarning",
     "GradcheckReport",
     "Network",
@@ -42,6 +44,7 @@ __all__ = [
     "activations",
     "autodiff",
     "backprop",
+    "checkpoint",
     "data",
     "digits",
     "evaluate",
@@ -51,6 +54,7 @@ __all__ = [
     "gradcheck",
     "initializers",
     "iris",
+    "load",
     "load_dataset",
     "load_idx",
     "losses",
@@ -62,6 +66,7 @@ __all__ = [
     "objective",
     "one_hot",
     "per_example_grads",
+    "save",
     "sgd_step",
     "standardize",
     "taylor_test",
