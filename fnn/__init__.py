@@ -6,7 +6,7 @@ Networks are pure functions over parameter pytrees (``net.init(key) -> params``,
 whole epochs compiled as one ``lax.scan``.
 """
 
-from fnn import activations, checkpoint, data, initializers, losses
+from fnn import activations, checkpoint, data, initializers, losses, parallel
 from fnn.backprop import Trace, autodiff, backprop, manual_apply, manual_objective, objective, per_example_grads
 from fnn.checkpoint import Checkpoint, load, save
 from fnn.data import (
@@ -65,6 +65,7 @@ __all__ = [
     "mnist",
     "objective",
     "one_hot",
+    "parallel",
     "per_example_grads",
     "save",
     "sgd_step",

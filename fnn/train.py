@@ -125,9 +125,21 @@ def _grad_fn(net: Network, loss: _losses.Loss, grads: str):
     return lambda p, x, y: autodiff(net, p, x, y, loss)
 
 
-def _make_update(net: Network, loss: _losses.Loss, grads: str, optimizer):
-    """``update(params, opt_state, x, y, lr) -> (params, opt_state, loss, grads)``; ``opt_state`` is ``()`` for SGD."""
+def _make_update(net: Network, loss: _losses.Loss, grads: str, optimizer, *, axis_name: str | None = None):
+    """``update(params, opt_state, x, y, lr) -> (params, opt_state, loss, grads)``; ``opt_state`` is ``()`` for SGD.
+
+    With ``axis_name`` (inside ``shard_map``, see :mod:`fnn.parallel`) the shard's loss and grads are
+    ``lax.pmean``-ed over that mesh axis before the update: the mean of equal-size shard means is the batch mean.
+    (The params are first cast to "varying" so that ``jax.grad`` gives the shard's own gradient instead of
+    inserting the psum that shard_map's transpose adds for a replicated input.)
+    """
     grad_fn = _grad_fn(net, loss, grads)
+    if axis_name is not None:
+        shard_grad_fn = grad_fn
+
+        def grad_fn(p, x, y):
+            p = jax.lax.pcast(p, axis_name, to="varying")
+            return jax.lax.pmean(shard_grad_fn(p, x, y), axis_name)
 
     if optimizer is None:
 
@@ -153,6 +165,7 @@ def sgd_step(
     learning_rate: float | None = 0.1,
     grads: str = "manual",
     optimizer: str | optax.GradientTransformation | None = None,
+    devices: int | Sequence[jax.Device] | None = None,
 ) -> Callable:
     """A jitted training step.
 
@@ -171,6 +184,9 @@ def sgd_step(
       learning_rate: α for plain SGD and named optimizers; ignored (pass None) for an optax transformation.
       grads: ``"manual"`` (hand-written backprop, the default) or ``"autodiff"`` (``jax.grad``).
       optimizer: None, ``"sgd"``, ``"momentum"``, ``"adam"`` or an ``optax.GradientTransformation``.
+      devices: data parallelism (:mod:`fnn.parallel`): a device count or a sequence of ``jax.Device``; each
+        batch is split across them (its size must be divisible by their number, else ``ValueError``) and the
+        grads are averaged with ``lax.pmean``. With several processes each passes its part of the batch.
 
     Returns:
       The jitted step; ``loss`` is the loss of the batch *before* the update.
@@ -178,6 +194,12 @@ def sgd_step(
     loss = _losses.get(loss)
     optimizer, lr = _resolve_optimizer(optimizer, learning_rate)
     update = _make_update(net, loss, _check_grads_mode(grads), optimizer)
+    if devices is not None:  # data parallel over a device mesh
+        from fnn import parallel
+
+        mesh = parallel.make_mesh(devices)
+        update = _make_update(net, loss, grads, optimizer, axis_name=parallel.DATA_AXIS)
+        return parallel.make_step(update, mesh, lr=lr, stateful=optimizer is not None)
     if optimizer is None:
 
         @jax.jit
@@ -393,6 +415,7 @@ def fit(
     eval_batch_size: int = 4096,
     unroll: int = 1,
     callback: Callable[[int, dict], None] | None = None,
+    devices: int | Sequence[jax.Device] | None = None,
 ) -> tuple[Params, dict]:
     """Train with mini-batch SGD (or an optax optimizer), one compiled ``lax.scan`` per epoch.
 
@@ -421,6 +444,10 @@ def fit(
       eval_batch_size: chunk size of the jitted evaluation.
       unroll: ``lax.scan`` unroll factor of the epoch loop.
       callback: ``callback(epoch, history)`` after every epoch (on the host).
+      devices: data parallelism (:mod:`fnn.parallel`): a device count or a sequence of ``jax.Device``; every
+        batch is split across them (``batch_size`` must be divisible by their number, else ``ValueError``),
+        grads are averaged with ``lax.pmean`` and the params come back replicated on them. Same batches and,
+        up to float rounding, the same result as one device.
 
     Returns:
       ``(params, history)``; ``history`` is a dict of per-epoch lists: ``epoch``, ``train_loss``,
@@ -450,6 +477,13 @@ def fit(
         x_test, y_test = _prepare_data(net, params, loss_rec, *test, "test:")
     setup = _setup(net, loss_rec, grads, optimizer, learning_rate, x.shape[0], batch_size, strict, unroll)
     epoch_fn = jax.jit(setup.epoch)
+    if devices is not None:  # data parallel over a device mesh: the same batches, split across the devices
+        from fnn import parallel
+
+        mesh = parallel.make_mesh(devices)
+        update = _make_update(net, setup.loss, grads, setup.optimizer, axis_name=parallel.DATA_AXIS)
+        epoch_fn = parallel.make_epoch(update, mesh, x.shape[0], batch_size, strict=strict, unroll=unroll)
+        x, y = parallel.replicate(mesh, (x, y))
     opt_state = setup.optimizer.init(params) if setup.optimizer is not None else ()
     history: dict = {"epoch": [], "train_loss": [], "epoch_time": []}
     if test is not None:

@@ -1,0 +1,239 @@
+"""Tests for fnn/parallel.py: data-parallel steps and epochs over a device mesh, one process and several.
+
+Multi-device checks need ``XLA_FLAGS=--xla_force_host_platform_device_count`` set before JAX starts, so they
+run in subprocesses (``tests/parallel_worker.py``) whose JSON the tests read:
+
+* one process with 4 host devices: a sharded step equals the one-device step on the full batch (float64,
+  relative 1e-12) for manual and autodiff grads and with optax adam; a sharded ``fit`` equals an unsharded one
+  (float32); an indivisible batch and too many devices are ``ValueError``s that say why.
+* two processes on localhost (gloo CPU collectives), 2 host devices each, each feeding its half of every
+  batch: the params equal one process training on the whole batch.
+
+Both are started together, once per session, with a timeout so a hang fails instead of blocking CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import fnn
+from fnn import parallel
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+import parallel_worker as worker  # noqa: E402
+
+TIMEOUT = 240  # seconds per subprocess (about 15 s each on an idle 2-core machine); a hang fails the test
+NUM_PROCESSES = 2
+
+
+def _env(device_count: int, **extra: str) -> dict:
+    env = dict(os.environ)
+    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={device_count}", JAX_PLATFORMS="cpu", **extra)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+class _Run:
+    """A worker subprocess started now and waited for (with a timeout) on first use."""
+
+    def __init__(self, mode: str, out: Path, env: dict):
+        self.out = out
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "parallel_worker.py"), mode, str(out)], env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self._result = None
+
+    def result(self) -> dict:
+        if self._result is None:
+            try:
+                log, _ = self.proc.communicate(timeout=TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                log, _ = self.proc.communicate()
+                pytest.fail(f"worker timed out after {TIMEOUT} s:\n{log[-4000:]}")
+            assert self.proc.returncode == 0, f"worker failed (exit {self.proc.returncode}):\n{log[-4000:]}"
+            self._result = json.loads(self.out.read_text())
+        return self._result
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory):
+    """Start every worker at once (they mostly wait on compilation), return ``{"single": run, "hosts": [runs]}``."""
+    tmp = tmp_path_factory.mktemp("parallel")
+    port = _free_port()
+    hosts = [
+        _Run("multihost", tmp / f"host{i}.json",
+             _env(2, FNN_COORDINATOR_ADDRESS=f"localhost:{port}", FNN_NUM_PROCESSES=str(NUM_PROCESSES),
+                  FNN_PROCESS_ID=str(i)))
+        for i in range(NUM_PROCESSES)
+    ]
+    single = _Run("single", tmp / "single.json", _env(4))
+    yield {"single": single, "hosts": hosts}
+    for run in [single, *hosts]:
+        if run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.communicate()
+
+
+# --- one process, 4 forced host devices -----------------------------------------------------------------
+
+@pytest.mark.parametrize("grads, devices", [("manual", "2"), ("manual", "4"), ("manual", "list"), ("autodiff", "4")])
+def test_sharded_step_equals_full_batch_step_float64(runs, grads, devices):
+    r = runs["single"].result()
+    assert r["device_count"] == 4
+    got = r[f"step_{grads}_{devices}"]
+    assert got["params"] < 1e-12 and got["loss"] < 1e-12
+    assert got["sharding"] == "P()"  # params come back replicated
+    assert got["num_devices"] == (2 if devices == "2" else 4)
+
+
+def test_sharded_optax_adam_steps_equal_full_batch_float64(runs):
+    got = runs["single"].result()["step_adam_4"]
+    assert got["params"] < 1e-12 and got["opt_state"] < 1e-12
+
+
+@pytest.mark.parametrize("config", ["sgd", "adam_strict"])
+def test_sharded_fit_equals_unsharded_fit_float32(runs, config):
+    got = runs["single"].result()[f"fit_{config}"]
+    assert got["dtype"] == got["dtype_in"] == "float32"
+    assert got["moved"] > 1e-3  # training changed the params, so agreement means something
+    assert got["params"] < 2e-6
+    np.testing.assert_allclose(got["loss_4"], got["loss_1"], rtol=1e-6)
+    assert got["acc_4"] == got["acc_1"]
+
+
+def test_sharded_strict_fit_diverges_at_the_same_step(runs):
+    one, four = runs["single"].result()["diverged"]
+    assert one is not None and four is not None
+    assert (four["epoch"], four["step"], four["layer"]) == (one["epoch"], one["step"], one["layer"])
+
+
+@pytest.mark.parametrize("where", ["step", "fit"])
+def test_indivisible_batch_is_a_value_error_naming_both_numbers(runs, where):
+    msg = runs["single"].result()[f"error_{where}_indivisible"]
+    assert msg is not None and "batch size 10" in msg and "number of devices 4" in msg
+
+
+def test_too_many_devices_says_how_many_exist_and_how_to_force_them(runs):
+    msg = runs["single"].result()["error_too_many"]
+    assert msg is not None and "devices=5" in msg and "JAX sees 4" in msg
+    assert "XLA_FLAGS=--xla_force_host_platform_device_count=5" in msg
+
+
+# --- two processes on localhost, 2 host devices each ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hosts(runs):
+    return [run.result() for run in runs["hosts"]]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """One process, one device, the whole batch: what the multi-host run must reproduce (float64)."""
+    with jax.enable_x64(True):
+        net, params = worker.net_and_params()
+        x, y = worker.problem()
+        batches = [(x[worker.STEP_BATCH * k:worker.STEP_BATCH * (k + 1)], y[worker.STEP_BATCH * k:worker.STEP_BATCH * (k + 1)])
+                   for k in range(worker.STEPS)]
+        step = fnn.sgd_step(net, worker.LOSS, learning_rate=0.3)
+        p, losses = params, []
+        for xb, yb in batches:
+            p, loss = step(p, xb, yb)
+            losses.append(float(loss))
+        out = {"sgd_params": worker.as_lists(p), "sgd_losses": losses}
+        adam = fnn.sgd_step(net, worker.LOSS, optimizer="adam", learning_rate=1e-2, grads="autodiff")
+        p, s = params, fnn.make_optimizer("adam", 1e-2).init(params)
+        for xb, yb in batches:
+            p, s, _ = adam(p, s, xb, yb)
+        out["adam_params"] = worker.as_lists(p)
+        p, h = fnn.fit(net, params, (x, y), loss=worker.LOSS, epochs=2, batch_size=worker.STEP_BATCH,
+                       key=jax.random.key(1), progress=False)
+        out["fit_params"], out["fit_losses"] = worker.as_lists(p), h["train_loss"]
+        out["initial"] = worker.as_lists(params)
+    return out
+
+
+def test_multihost_runs_two_processes_with_two_devices_each(hosts):
+    for i, r in enumerate(hosts):
+        assert (r["process_index"], r["process_count"], r["device_count"], r["local_device_count"]) == (i, 2, 4, 2)
+    assert [r["part"] for r in hosts] == [[0, 4], [4, 8]]  # each process fed its half of every batch
+
+
+@pytest.mark.parametrize("what", ["sgd", "adam", "fit"])
+def test_multihost_training_equals_one_process_on_the_whole_batch(hosts, reference, what):
+    want = reference[f"{what}_params"]
+    assert worker.rel_err(want, reference["initial"]) > 1e-3  # training moved the params
+    for r in hosts:
+        assert worker.rel_err(r[f"{what}_params"], want) < 1e-12
+    if what != "adam":
+        for r in hosts:
+            np.testing.assert_allclose(r[f"{what}_losses"], reference[f"{what}_losses"], rtol=1e-12)
+
+
+# --- in this process (one device): mesh construction and argument errors --------------------------------
+
+def test_make_mesh_from_count_and_devices():
+    mesh = parallel.make_mesh(1)
+    assert mesh.axis_names == (parallel.DATA_AXIS,) and mesh.size == 1
+    assert parallel.make_mesh(jax.devices()[:1]).devices.tolist() == jax.devices()[:1]
+    assert parallel.make_mesh(mesh) is mesh
+
+
+def test_make_mesh_errors():
+    n = jax.device_count()
+    with pytest.raises(ValueError, match=rf"JAX sees {n} .*xla_force_host_platform_device_count={n + 1}"):
+        parallel.make_mesh(n + 1)
+    with pytest.raises(ValueError, match="at least 1"):
+        parallel.make_mesh(0)
+    with pytest.raises(ValueError, match="empty"):
+        parallel.make_mesh([])
+    with pytest.raises(ValueError, match="more than once"):
+        parallel.make_mesh([jax.devices()[0]] * 2)
+    with pytest.raises(TypeError):
+        parallel.make_mesh("4")
+    with pytest.raises(TypeError):
+        parallel.make_mesh(True)
+    with pytest.raises(TypeError, match="jax.Device"):
+        parallel.make_mesh([0])
+    with pytest.raises(ValueError, match="single axis"):
+        parallel.make_mesh(jax.make_mesh((1,), ("batch",)))
+    with pytest.raises(ValueError, match=rf"more devices than exist: JAX sees {n}"):
+        fnn.sgd_step(fnn.mlp([2, 1]), "mse", devices=n + 1)
+
+
+def test_check_batch_size_and_local_slice():
+    mesh = parallel.make_mesh(1)
+    assert parallel.check_batch_size(7, mesh) == 7
+    assert parallel.local_batch_slice(mesh, 12) == slice(0, 12)
+
+
+def test_one_device_mesh_matches_the_plain_step():
+    with jax.enable_x64(True):
+        net, params = worker.net_and_params()
+        x, y = worker.problem(16)
+        ref_p, ref_l = fnn.sgd_step(net, worker.LOSS, learning_rate=0.3)(params, x, y)
+        p, l = fnn.sgd_step(net, worker.LOSS, learning_rate=0.3, devices=1)(params, x, y)
+        assert params[0]["w"].dtype == np.float64
+        assert worker.rel_err(p, ref_p) < 1e-14 and abs(float(l) - float(ref_l)) < 1e-14
+        with pytest.raises(ValueError, match="same number of examples"):
+            fnn.sgd_step(net, worker.LOSS, devices=1)(params, x, y[:5])
+
+
+def test_initialize_distributed_rejects_a_non_integer_env(monkeypatch):
+    monkeypatch.setenv("FNN_NUM_PROCESSES", "two")
+    with pytest.raises(ValueError, match="FNN_NUM_PROCESSES must be an integer, got 'two'"):
+        parallel.initialize_distributed("localhost:1234")
