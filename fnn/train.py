@@ -103,12 +103,18 @@ def make_optimizer(name: str, learning_rate: float, *, momentum: float = 0.9) ->
     raise unknown_name("optimizer", name, list(OPTIMIZERS))
 
 
+@functools.lru_cache(maxsize=64)
+def _named_optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
+    """:func:`make_optimizer`, one object per ``(name, learning_rate)`` so compiled programs can be reused."""
+    return make_optimizer(name, learning_rate)
+
+
 def _resolve_optimizer(optimizer, learning_rate):
     """``(optax transformation or None, learning rate for plain SGD)``."""
     if optimizer is None:
         return None, _positive_number("learning_rate", learning_rate)
     if isinstance(optimizer, str):
-        return make_optimizer(optimizer, learning_rate), None
+        return _named_optimizer(optimizer, _positive_number("learning_rate", learning_rate)), None
     if isinstance(optimizer, optax.GradientTransformation):
         return optimizer, None
     raise TypeError(
@@ -256,7 +262,9 @@ def _make_epoch(update, n: int, batch_size: int, *, strict: bool, unroll: int):
             keep = lambda new, old: jnp.where(good, new, old)  # noqa: E731
             p = jax.tree_util.tree_map(keep, new_p, p)
             s = jax.tree_util.tree_map(keep, new_s, s)
-            return (p, s, good), (value, layer_ok)
+            # A frozen step reports a NaN loss, so fit sees the divergence even when only a gradient or the
+            # update (not the loss) went non-finite; the loss of a frozen step means nothing anyway.
+            return (p, s, good), (jnp.where(good, value, jnp.nan), layer_ok)
 
         (params, opt_state, _), (step_losses, layer_ok) = jax.lax.scan(
             strict_body, (params, opt_state, jnp.array(True)), (xb, yb), unroll=unroll
@@ -286,7 +294,7 @@ def _chunk_metrics(net: Network, loss: _losses.Loss, params, x, y):
         threshold = 0.0 if loss.from_logits or net.output.name == "identity" and "cross_entropy" in loss.name else 0.5
         pred = out[:, 0] > threshold
         true = y[:, 0] > 0.5
-    return total, jnp.sum(pred == true)
+    return total, jnp.sum(pred == true, dtype=jnp.int32)  # int32 as the scan's counter, also under x64
 
 
 @functools.lru_cache(maxsize=64)
@@ -359,9 +367,21 @@ class _Setup(NamedTuple):
 def _setup(net, loss, grads, optimizer, learning_rate, n, batch_size, strict, unroll) -> _Setup:
     loss = _losses.get(loss)
     optimizer, lr = _resolve_optimizer(optimizer, learning_rate)
-    update = _make_update(net, loss, _check_grads_mode(grads), optimizer)
-    epoch = _make_epoch(update, n, batch_size, strict=strict, unroll=unroll)
+    args = (net, loss, _check_grads_mode(grads), optimizer, n, batch_size, strict, unroll)
+    try:
+        update, epoch = _programs(*args)
+    except TypeError:  # an unhashable optax transformation: build the programs uncached
+        update, epoch = _programs.__wrapped__(*args)
     return _Setup(loss, optimizer, lr, epoch, update)
+
+
+@functools.lru_cache(maxsize=32)
+def _programs(net, loss, grads, optimizer, n, batch_size, strict, unroll):
+    """``(update, epoch)``: the same function objects for the same configuration, so that ``jax.jit``'s caches
+    hit and a repeated ``fit`` (a sweep over learning rates or seeds, a resumed run) does not recompile its
+    epoch. Plain SGD's learning rate is an argument of the compiled epoch, not part of this key."""
+    update = _make_update(net, loss, grads, optimizer)
+    return update, _make_epoch(update, n, batch_size, strict=strict, unroll=unroll)
 
 
 def _check_fit_args(x, batch_size, epochs):
@@ -490,7 +510,11 @@ def fit(
         history.update(test_loss=[], test_accuracy=[])
 
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    config = {"loss": loss_rec.name, "batch_size": batch_size, "grads": grads, "lr": setup.lr, "strict": strict}
+    # A named optimizer bakes its learning rate into the transformation (setup.lr is None), so record both;
+    # an optax object is recorded by kind only (its hyper-parameters are not inspectable).
+    config = {"loss": loss_rec.name, "batch_size": batch_size, "grads": grads, "strict": strict,
+              "optimizer": optimizer if optimizer is None or isinstance(optimizer, str) else "optax",
+              "lr": float(learning_rate) if isinstance(optimizer, str) else setup.lr}
     start = 0
     if resume:
         if ckpt_path is None:
@@ -582,7 +606,7 @@ def _diverged(setup, net, params, opt_state, new_params, x, y, epoch_key, batch_
         params = new_params  # frozen at the last finite step inside the scan
     else:
         step, layer = _diagnose(setup, net, params, opt_state, x, y, epoch_key, batch_size)
-    where = f"layer {layer}'s gradient was the first to go non-finite" if layer is not None else "the loss went non-finite"
+    where = f"layer {layer}'s gradient was the first to go non-finite" if layer is not None else "the loss or the updated params went non-finite"
     message = (f"Training diverged in epoch {e + 1} at step {step}: {where}. Returning the last finite params "
                f"(after epoch {len(history['epoch'])}{' and ' + str(step) + ' steps' if layer_ok is not None else ''}). "
                "Try a smaller learning rate.")
@@ -624,8 +648,14 @@ def fit_ensemble(
       ``(stacked params, history)`` where each history entry is a list over epochs of length-K lists.
     """
     leaves = jax.tree_util.tree_leaves(params)
-    if not isinstance(params, (list, tuple)) or not params or jnp.ndim(params[0].get("w")) != 3:
-        raise ValueError("fit_ensemble expects stacked params with a leading member axis, e.g. jax.vmap(net.init)(keys).")
+    if not isinstance(params, (list, tuple)) or not params or not isinstance(params[0], dict) \
+            or jnp.ndim(params[0].get("w")) != 3:
+        got = jnp.shape(params[0].get("w")) if isinstance(params, (list, tuple)) and params \
+            and isinstance(params[0], dict) else type(params).__name__
+        raise ValueError(
+            f"fit_ensemble expects stacked params with a leading member axis, e.g. jax.vmap(net.init)(keys): "
+            f"layer 0's w of shape (K, {net.sizes[0]}, {net.sizes[1]}), got {got}."
+        )
     k = leaves[0].shape[0]
     member0 = jax.tree_util.tree_map(lambda t: t[0], params)
     check_params(net, member0)
