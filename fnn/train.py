@@ -5,7 +5,7 @@ mini-batches, evaluate after each epoch — compiled end to end:
 
 * :func:`sgd_step` is one jitted update ``W := W - α dW`` (or an optax update).
 * An epoch is one compiled call: the training set lives on the device, is permuted there with
-  ``jax.random.fold_in(key, epoch)``, gathered once into ``(num_batches, batch_size, ...)`` and scanned.
+  ``jax.random.fold_in(key, epoch)``, gathered a few mini-batches (about 512 KiB) at a time and scanned.
   **The last partial batch is dropped** (``n // batch_size`` steps per epoch); a fresh shuffle each epoch
   means every example is still used. No per-step Python and no host-to-device copy per epoch.
 * :func:`fit` adds evaluation (jitted, in chunks), a progress bar, checkpoints and resume (bit-exact on CPU),
@@ -232,29 +232,49 @@ def _layer_finite(grads) -> Array:
     return jnp.stack([_all_finite(layer) for layer in grads])
 
 
+def _epoch_permutation(key: PRNGKey, n: int, batch_size: int) -> Array:
+    """The example order of one epoch: ``(n // batch_size) * batch_size`` indices, the last partial batch dropped.
+
+    Shared by the compiled epoch and by :mod:`fnn.bench`, whose peers replay exactly fit's order.
+    """
+    return jax.random.permutation(key, n)[: (n // batch_size) * batch_size]
+
+
+#: Bytes of training data gathered per chunk of mini-batches (see ``_make_epoch``): a chunk stays in a core's
+#: L2 cache, and the epoch never allocates (and page-faults in) a shuffled copy of the whole training set.
+_CHUNK_BYTES = 1 << 19
+
+
+def _batches_per_chunk(num_batches: int, batch_size: int, row_bytes: int) -> int:
+    """Mini-batches per gathered chunk: about ``_CHUNK_BYTES`` of data, preferably dividing ``num_batches``."""
+    k = max(1, min(num_batches, _CHUNK_BYTES // max(1, batch_size * row_bytes)))
+    for d in range(k, (k + 1) // 2 - 1, -1):  # a divisor in [k/2, k] leaves no tail loop
+        if num_batches % d == 0:
+            return d
+    return k
+
+
 def _make_epoch(update, n: int, batch_size: int, *, strict: bool, unroll: int):
     """``epoch(params, opt_state, x, y, key, lr) -> (params, opt_state, step_losses, layer_ok)``.
 
     ``layer_ok`` is ``(num_batches, num_layers)`` finite flags per step in strict mode, else ``None``.
+
+    Data layout: the permutation is drawn once per epoch, and the examples are gathered a chunk of ``k``
+    mini-batches (about ``_CHUNK_BYTES``) at a time by an outer ``lax.scan`` whose body scans the ``k`` steps.
+    Measured on 2 CPU cores with 60,000 MNIST-sized examples (BENCHMARKS.md): gathering the whole shuffled
+    set at once writes a fresh 188 MB array every epoch (page faults and memory traffic that cost as much as
+    thousands of small steps), and gathering every step separately adds a gather per step; chunks avoid both.
+    The steps, their order and their results are exactly those of a single scan over the permuted data.
     """
     num_batches = n // batch_size
 
     def epoch(params, opt_state, x, y, key, lr):
-        perm = jax.random.permutation(key, n)[: num_batches * batch_size]
-        xb = jnp.take(x, perm, axis=0).reshape(num_batches, batch_size, *x.shape[1:])
-        yb = jnp.take(y, perm, axis=0).reshape(num_batches, batch_size, *y.shape[1:])
+        def step(carry, batch):
+            p, s = carry
+            p, s, value, _ = update(p, s, batch[0], batch[1], lr)
+            return (p, s), value
 
-        if not strict:
-
-            def body(carry, batch):
-                p, s = carry
-                p, s, value, _ = update(p, s, batch[0], batch[1], lr)
-                return (p, s), value
-
-            (params, opt_state), step_losses = jax.lax.scan(body, (params, opt_state), (xb, yb), unroll=unroll)
-            return params, opt_state, step_losses, None
-
-        def strict_body(carry, batch):
+        def strict_step(carry, batch):
             p, s, healthy = carry
             new_p, new_s, value, g = update(p, s, batch[0], batch[1], lr)
             layer_ok = _layer_finite(g)
@@ -266,10 +286,27 @@ def _make_epoch(update, n: int, batch_size: int, *, strict: bool, unroll: int):
             # update (not the loss) went non-finite; the loss of a frozen step means nothing anyway.
             return (p, s, good), (jnp.where(good, value, jnp.nan), layer_ok)
 
-        (params, opt_state, _), (step_losses, layer_ok) = jax.lax.scan(
-            strict_body, (params, opt_state, jnp.array(True)), (xb, yb), unroll=unroll
-        )
-        return params, opt_state, step_losses, layer_ok
+        body = strict_step if strict else step
+        k = _batches_per_chunk(num_batches, batch_size, math.prod(x.shape[1:]) * x.dtype.itemsize)
+        num_chunks, tail = divmod(num_batches, k)
+        perm = _epoch_permutation(key, n, batch_size)
+
+        def chunk(carry, idx):  # idx: the example indices of k (or, last, `tail`) consecutive mini-batches
+            xb = jnp.take(x, idx, axis=0, mode="clip").reshape(-1, batch_size, *x.shape[1:])
+            yb = jnp.take(y, idx, axis=0, mode="clip").reshape(-1, batch_size, *y.shape[1:])
+            return jax.lax.scan(body, carry, (xb, yb), unroll=unroll)
+
+        carry = (params, opt_state, jnp.array(True)) if strict else (params, opt_state)
+        carry, out = jax.lax.scan(chunk, carry, perm[: num_chunks * k * batch_size].reshape(num_chunks, -1))
+        out = jax.tree_util.tree_map(lambda o: o.reshape(num_chunks * k, *o.shape[2:]), out)
+        if tail:
+            carry, out_tail = chunk(carry, perm[num_chunks * k * batch_size:])
+            out = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), out, out_tail)
+        if strict:
+            (params, opt_state, _), (step_losses, layer_ok) = carry, out
+            return params, opt_state, step_losses, layer_ok
+        (params, opt_state), step_losses = carry, out
+        return params, opt_state, step_losses, None
 
     return epoch
 
