@@ -19,7 +19,7 @@ tanh                      tanh z                                      1 - a²
 relu                      max(z, 0)                                   1 if z > 0 else 0   (relu'(0) = 0)
 leaky_relu                z if z >= 0 else 0.01 z                     1 if z >= 0 else 0.01 (at 0: 1)
 elu                       z if z > 0 else e^z - 1                     1 if z > 0 else e^z (at 0: 1)
-gelu                      z Φ(z)  (exact, erf)                        Φ(z) + z φ(z)
+gelu                      z Φ(z)  (exact, erfc)                       Φ(z) + z φ(z)
 gelu_tanh                 ½z(1 + tanh(√(2/π)(z + 0.044715 z³)))       ½(1+t) + ½z(1-t²)√(2/π)(1 + 3·0.044715 z²)
 softplus                  log(1 + e^z)  (never overflows)             sigmoid(z)
 swish / silu              z sigmoid(z)                                s + z s (1 - s)
@@ -109,7 +109,9 @@ def _d_tanh(z, a):
 
 
 def _relu(z):
-    return jnp.maximum(z, 0)
+    # jax.nn.relu, not jnp.maximum(z, 0): jax.grad of maximum splits the tie at 0 (gives 1/2), so fnn.autodiff
+    # would disagree with relu'(0) = 0 below wherever a pre-activation is exactly 0.
+    return jax.nn.relu(z)
 
 
 def _d_relu(z, a):
@@ -138,16 +140,17 @@ def _d_elu(z, a):
     return jnp.where(z > 0, 1, a + 1).astype(z.dtype)
 
 
-_SQRT_HALF = 1 / math.sqrt(2)
+_SQRT_HALF = math.sqrt(0.5)  # correctly rounded; 1 / math.sqrt(2) is one ulp low
 _INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
 
 
 def _gelu(z):
-    return 0.5 * z * (1 + jax.lax.erf(z * _SQRT_HALF))
+    # Φ(z) = ½ erfc(-z/√2), not ½(1 + erf(z/√2)): no cancellation for z << 0 (as jax.nn.gelu).
+    return 0.5 * z * jax.lax.erfc(-z * _SQRT_HALF)
 
 
 def _d_gelu(z, a):
-    cdf = 0.5 * (1 + jax.lax.erf(z * _SQRT_HALF))
+    cdf = 0.5 * jax.lax.erfc(-z * _SQRT_HALF)
     pdf = _INV_SQRT_2PI * jnp.exp(-0.5 * z * z)
     return cdf + z * pdf
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from fnn import losses as _losses
 from fnn._types import Array, ArrayLike, Grads, Params
-from fnn.network import Network, check_input, forward
+from fnn.network import Network, check_input, check_params, forward
 
 __all__ = ["Trace", "backprop", "autodiff", "objective", "per_example_grads", "manual_apply", "manual_objective"]
 
@@ -49,11 +49,15 @@ def _prepare(net: Network, params: Params, x: ArrayLike, y: ArrayLike, loss):
     """Validate everything in plain Python (shapes are static under jit) and return 2-D arrays."""
     loss = _losses.get(loss)
     x2, single = check_input(net, params, x)
+    if x2.shape[0] == 0:  # every loss is a batch mean: 0/0 would be a silent NaN
+        raise ValueError(f"x must hold at least one example to compute a loss, got an empty batch of shape {x2.shape}.")
     y = jnp.asarray(y)
     if single:
         y = y[None]
     elif y.ndim >= 1 and y.shape[0] != x2.shape[0]:
-        raise ValueError(f"x and y have different batch sizes: x has {x2.shape[0]} examples, y has {y.shape[0]}.")
+        raise ValueError(
+            f"x and y have different batch sizes: x has {x2.shape[0]} examples, y has {y.shape[0]} (y shape {y.shape})."
+        )
     y2 = _losses.check_targets(loss, y, net.sizes[-1], x2.shape[0], None if loss.sparse else x2.dtype)
     return loss, x2, y2
 
@@ -139,6 +143,8 @@ def objective(net: Network, loss):
     Fused pairs are computed from the output pre-activations exactly as in :func:`backprop`.
     """
     loss_rec = _losses.get(loss)
+    if not isinstance(net, Network):
+        raise TypeError(f"Expected a Network (from fnn.mlp) as net, got {type(net).__name__}.")
 
     def f(params: Params, x: ArrayLike, y: ArrayLike) -> Array:
         _, x2, y2 = _prepare(net, params, x, y, loss_rec)
@@ -154,7 +160,9 @@ def autodiff(net: Network, params: Params, x: ArrayLike, y: ArrayLike, loss) -> 
     Returns:
       ``(loss_value, grads)`` with grads in the structure of ``params``.
     """
-    return jax.value_and_grad(objective(net, loss))(params, x, y)
+    f = objective(net, loss)
+    check_params(net, params)  # before jax.grad sees them: integer params would fail inside JAX
+    return jax.value_and_grad(f)(params, x, y)
 
 
 def per_example_grads(net: Network, params: Params, x: ArrayLike, y: ArrayLike, loss) -> Grads:
@@ -192,6 +200,9 @@ def manual_apply(net: Network):
       >>> grads = jax.grad(lambda p: optax.l2_loss(f(p, x), y).mean())(params)  # doctest: +SKIP
     """
 
+    if not isinstance(net, Network):
+        raise TypeError(f"Expected a Network (from fnn.mlp) as net, got {type(net).__name__}.")
+
     @jax.custom_vjp
     def apply(params: Params, x: ArrayLike) -> Array:
         return net.apply(params, x)
@@ -200,15 +211,18 @@ def manual_apply(net: Network):
         x2, single = check_input(net, params, x)
         zs, outs = forward(net, params, x2)
         out = outs[-1][0] if single else outs[-1]
-        return out, (params, x2, zs, outs, single, jnp.asarray(x).dtype)
+        # Residuals must be JAX values: keep x itself (its rank and dtype say how to shape dL/dx), not a bool
+        # and a dtype object.
+        return out, (params, x2, zs, outs, jnp.asarray(x))
 
     def bwd(res, g):
-        params, x2, zs, outs, single, x_dtype = res
+        params, x2, zs, outs, x = res
+        single = x.ndim == 1
         g = g[None] if single else g
         delta = net.output.backward(zs[-1], outs[-1], g)
         grads, _, dx = _backward(net, params, x2, zs, outs, delta)
         dx = dx[0] if single else dx
-        return grads, dx.astype(x_dtype)
+        return grads, dx.astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.inexact) else _zero_cotangent(x)
 
     apply.defvjp(fwd, bwd)
     return apply
@@ -228,6 +242,8 @@ def manual_objective(net: Network, loss):
     ``x`` is the manual ``dL/dx``; for ``y`` it is zero (targets are data).
     """
     loss_rec = _losses.get(loss)
+    if not isinstance(net, Network):
+        raise TypeError(f"Expected a Network (from fnn.mlp) as net, got {type(net).__name__}.")
 
     @jax.custom_vjp
     def f(params: Params, x: ArrayLike, y: ArrayLike) -> Array:

@@ -5,7 +5,8 @@ tolerance). Finite differences run on float64 copies of params and data (inside 
 coordinate or on a random sample of them, and are compared with the manual and autodiff gradients recomputed
 in float64, so that the finite-difference legs check the formulas, not float32 rounding. The relative error of two gradients ``a`` and ``b`` is the CS231n measure,
 elementwise ``|a - b| / (|a| + |b|)``, with the denominator floored at ``1e-8 · max(|a|_∞, |b|_∞)`` so that
-coordinates that are zero in both (dead units, exact zeros) do not turn rounding noise into a large ratio;
+coordinates that are zero in both (dead units, exact zeros) do not turn rounding noise into a large ratio
+(for the finite-difference legs, also at the central difference's own rounding noise ``~eps64 · |L| / eps``);
 a leaf reports the maximum over its coordinates. :func:`taylor_test` is the eps-free check: for a correct
 gradient ``g`` the remainder ``|L(θ + h v) - L(θ) - h <g, v>|`` shrinks like ``h²``.
 """
@@ -23,7 +24,7 @@ from jax.flatten_util import ravel_pytree
 from fnn import losses as _losses
 from fnn._types import ArrayLike, Params, PRNGKey
 from fnn.backprop import autodiff, backprop, objective
-from fnn.network import Network
+from fnn.network import Network, check_params
 
 __all__ = ["LeafCheck", "GradcheckReport", "TaylorResult", "gradcheck", "taylor_test", "relative_error", "tolerance"]
 
@@ -110,15 +111,19 @@ def tolerance(dtype) -> float:
 FD_TOLERANCE = 1e-6  # finite differences are always taken in float64
 
 
-def relative_error(a: ArrayLike, b: ArrayLike) -> tuple[float, float, float]:
-    """``(max abs error, max relative error, cosine similarity)`` of two arrays, in float64 NumPy."""
+def relative_error(a: ArrayLike, b: ArrayLike, floor: float = 0.0) -> tuple[float, float, float]:
+    """``(max abs error, max relative error, cosine similarity)`` of two arrays, in float64 NumPy.
+
+    ``floor`` is an absolute lower bound on the denominator ``|a| + |b|`` (the noise level of ``b``, scaled by the
+    tolerance), on top of the default ``1e-8 · max(|a|_∞, |b|_∞)``.
+    """
     a = np.asarray(a, dtype=np.float64).ravel()
     b = np.asarray(b, dtype=np.float64).ravel()
     if a.size == 0:
         return 0.0, 0.0, 1.0
     diff = np.abs(a - b)
     scale = max(np.max(np.abs(a)), np.max(np.abs(b)))
-    denom = np.maximum(np.abs(a) + np.abs(b), 1e-8 * scale if scale > 0 else 1.0)
+    denom = np.maximum(np.abs(a) + np.abs(b), max(1e-8 * scale if scale > 0 else 1.0, floor))
     na, nb = np.linalg.norm(a), np.linalg.norm(b)
     cosine = 1.0 if na == 0 and nb == 0 else float(a @ b / (na * nb)) if na > 0 and nb > 0 else 0.0
     return float(diff.max()), float((diff / denom).max()), cosine
@@ -174,6 +179,12 @@ def gradcheck(
     """
     key = jax.random.key(0) if key is None else key
     loss = _losses.get(loss)
+    check_params(net, params)  # before params[0] is indexed
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) or not (0 < eps < math.inf):
+        raise ValueError(f"eps must be a positive finite finite-difference step, got {eps!r}.")
+    if num_checks is not None and (isinstance(num_checks, bool) or not isinstance(num_checks, (int, np.integer))
+                                   or num_checks < 1):
+        raise ValueError(f"num_checks must be a positive int (or None for all coordinates), got {num_checks!r}.")
     dtype = jnp.asarray(params[0]["w"]).dtype
     rtol = tolerance(dtype) if rtol is None else rtol
     value, manual = backprop(net, params, x, y, loss)
@@ -200,18 +211,22 @@ def gradcheck(
     # Map flat coordinates back to leaves (ravel_pytree order = tree_leaves order = layers, keys sorted).
     sizes = [int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(params)]
     bounds = np.cumsum([0] + sizes)
+    # A central difference carries rounding noise of about eps64 · |L| / eps (the loss itself is exact to a few
+    # ulps): on coordinates whose gradient is small next to the loss, a difference at that level is noise, not a
+    # gradient error, so it is scaled to count as fd_rtol at most.
+    fd_floor = 10 * np.finfo(np.float64).eps * max(abs(float(value)), 1.0) / eps / fd_rtol
     rows: list[LeafCheck] = []
     for (layer, leaf), lo, hi in zip(_leaf_names(params), bounds[:-1], bounds[1:]):
         shape = tuple(np.shape(params[layer][leaf]))
         sel = (idx >= lo) & (idx < hi)
         fd_leaf, pos = fd[sel], idx[sel]
         comparisons = [
-            ("manual~autodiff", manual_native[lo:hi], auto_native[lo:hi], rtol, hi - lo),
-            ("manual~fd", manual64[pos], fd_leaf, fd_rtol, int(sel.sum())),
-            ("autodiff~fd", auto64[pos], fd_leaf, fd_rtol, int(sel.sum())),
+            ("manual~autodiff", manual_native[lo:hi], auto_native[lo:hi], rtol, hi - lo, 0.0),
+            ("manual~fd", manual64[pos], fd_leaf, fd_rtol, int(sel.sum()), fd_floor),
+            ("autodiff~fd", auto64[pos], fd_leaf, fd_rtol, int(sel.sum()), fd_floor),
         ]
-        for pair, a, b, tol, count in comparisons:
-            max_abs, max_rel, cos = relative_error(a, b)
+        for pair, a, b, tol, count, floor in comparisons:
+            max_abs, max_rel, cos = relative_error(a, b, floor)
             rows.append(LeafCheck(layer, leaf, shape, pair, max_abs, max_rel, cos, tol, count))
     failing = sorted({r.layer for r in rows if not r.ok}, reverse=True)
     ok = not failing and (taylor_result is None or taylor_result.ok)
@@ -247,9 +262,18 @@ def taylor_test(
     """
     key = jax.random.key(1) if key is None else key
     loss = _losses.get(loss)
+    check_params(net, params)
+    hs = tuple(hs)
+    if len(hs) < 2 or not all(isinstance(h, (int, float, np.floating)) and 0 < h < math.inf for h in hs):
+        raise ValueError(f"hs must hold at least two positive step sizes (to fit an order), got {hs!r}.")
     f = objective(net, loss)
     if grads is None:
         _, grads = backprop(net, params, x, y, loss)
+    else:
+        try:
+            check_params(net, grads)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"grads must have the structure and shapes of params: {e}") from None
     flat, unravel = ravel_pytree(params)
     g = ravel_pytree(grads)[0]
     v = jax.random.normal(key, flat.shape, flat.dtype)

@@ -172,6 +172,8 @@ def mlp(
 
 def check_params(net: Network, params: Params) -> None:
     """Raise ValueError naming the layer, expected and actual shapes when ``params`` do not fit ``net``."""
+    if not isinstance(net, Network):
+        raise TypeError(f"Expected a Network (from fnn.mlp) as net, got {type(net).__name__}: {net!r:.80}.")
     if not isinstance(params, (list, tuple)):
         raise TypeError(f"params must be a list of {net.num_layers} layer dicts, got {type(params).__name__}.")
     if len(params) != net.num_layers:
@@ -188,6 +190,8 @@ def check_params(net: Network, params: Params) -> None:
             actual = tuple(jnp.shape(layer[name]))
             if actual != shape:
                 raise ValueError(f"Layer {l}: expected {name} of shape {shape}, got {actual}.")
+            if not jnp.issubdtype(jnp.result_type(layer[name]), jnp.inexact):
+                raise TypeError(f"Layer {l}: expected {name} of a floating dtype, got {jnp.result_type(layer[name])}.")
 
 
 def check_input(net: Network, params: Params, x: ArrayLike) -> tuple[Array, bool]:
@@ -218,7 +222,7 @@ def forward(net: Network, params: Params, x: Array) -> tuple[list[Array], list[A
     for layer, act in zip(params, net.activations):
         z = a @ layer["w"]
         if "b" in layer and layer["b"] is not None:
-            z = z + layer["b"]
+            z = z + layer["b"][None, :]  # explicit: (batch, n) + (1, n), no implicit rank promotion
         a = act.forward(z)
         zs.append(z)
         outs.append(a)

@@ -1,0 +1,154 @@
+"""Tests for fnn/gradcheck.py: the three-way check passes on correct gradients, fails (at the right layer, with a
+Taylor order near 1) on a deliberately wrong backward rule, samples coordinates, and renders a table."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import NATURAL_OUTPUT, make_case, random_params
+
+import fnn
+from fnn import activations as A
+from fnn.gradcheck import relative_error, tolerance
+
+ACTS = A.names()
+LOSSES = fnn.losses.names()
+#: Every activation once and every loss at least once (activation i with loss i mod 8); the full
+#: activation × loss matrix is checked against finite differences in test_backprop.py.
+PAIRS = [(act, LOSSES[i % len(LOSSES)]) for i, act in enumerate(ACTS)]
+
+
+@pytest.mark.parametrize("act, loss", PAIRS, ids=[f"{a}-{l}" for a, l in PAIRS])
+def test_gradcheck_ok_for_every_activation_and_loss(act, loss, x64):
+    output = NATURAL_OUTPUT[loss] or act
+    net, params, x, y = make_case(act, output, loss, 3, 5, dtype=jnp.float64, seed=1)
+    report = fnn.gradcheck(net, params, x, y, loss, num_checks=12)
+    assert report.ok, str(report)
+    assert report.first_divergent_layer is None
+    assert report.dtype == "float64"
+    assert {r.pair for r in report.rows} == {"manual~autodiff", "manual~fd", "autodiff~fd"}
+
+
+def test_report_table_and_fields():
+    net, params, x, y = make_case("tanh", "softmax", "categorical_cross_entropy", 2, 6, dtype=jnp.float32)
+    report = fnn.gradcheck(net, params, x, y, "categorical_cross_entropy")
+    assert report.ok and report.dtype == "float32"
+    text = str(report)
+    assert "layer leaf        shape             pair    max abs    max rel" in text
+    assert "manual~autodiff" in text and "manual~fd" in text and "autodiff~fd" in text
+    assert "Taylor remainder order" in text and text.rstrip().endswith("result: OK")
+    # One row per (layer, leaf, pair); manual~autodiff at the float32 tolerance, fd legs at 1e-6 in float64.
+    assert len(report.rows) == 2 * 2 * 3
+    for r in report.rows:
+        assert r.tol == (tolerance(jnp.float32) if r.pair == "manual~autodiff" else 1e-6)
+        assert r.ok and r.cosine > 1 - 1e-6
+        assert r.checked == math.prod(r.shape)  # all coordinates (only 30 of them)
+    errors = report.errors()
+    assert set(errors) == {(0, "b"), (0, "w"), (1, "b"), (1, "w")}
+    np.testing.assert_allclose(float(report.loss), float(fnn.backprop(net, params, x, y, "cce")[0]))
+    assert report.taylor.ok and report.taylor.order == pytest.approx(2, abs=0.2)
+
+
+@pytest.fixture
+def bad_tanh():
+    """tanh with a backward rule off by a factor 1.1, registered for the test and removed afterwards."""
+    tanh = A.tanh
+    bad = A.Activation("bad_tanh", tanh.forward, lambda z, a, g: 1.1 * g * (1 - a * a), lambda z: 1.1 * (1 - jnp.tanh(z) ** 2))
+    A.register(bad)
+    yield bad
+    A.REGISTRY.pop("bad_tanh", None)
+
+
+@pytest.mark.parametrize("bad_layer", [0, 1])
+def test_wrong_backward_is_caught(bad_tanh, bad_layer, x64):
+    acts = ["tanh", "tanh", "identity"]
+    acts[bad_layer] = "bad_tanh"
+    net = fnn.mlp([3, 5, 4, 2], activations=acts)
+    assert net.activations[bad_layer] is bad_tanh
+    rng = np.random.default_rng(0)
+    params = random_params(net, rng)
+    x = jnp.asarray(rng.normal(size=(6, 3)))
+    y = jnp.asarray(rng.normal(size=(6, 2)))
+    report = fnn.gradcheck(net, params, x, y, "mse")
+    assert not report.ok
+    assert report.first_divergent_layer == bad_layer  # the backward pass visits the output first
+    failing = {(r.layer, r.pair) for r in report.rows if not r.ok}
+    # The wrong rule corrupts delta at its own layer and every layer below it, never the layers above.
+    assert failing == {(l, p) for l in range(bad_layer + 1) for p in ("manual~autodiff", "manual~fd")}
+    assert all(r.ok for r in report.rows if r.pair == "autodiff~fd")  # the reference is still right
+    assert 0.7 < report.taylor.order < 1.5 and not report.taylor.ok
+    text = str(report)
+    assert "FAIL" in text and f"FAILED (first divergent layer: {bad_layer})" in text
+
+
+def test_taylor_order_two_for_correct_grads(x64):
+    net, params, x, y = make_case("gelu", "softmax", "sparse_categorical_cross_entropy", 3, 5, dtype=jnp.float64)
+    result = fnn.taylor_test(net, params, x, y, "sparse_categorical_cross_entropy")
+    assert result.ok and result.order == pytest.approx(2.0, abs=0.15)
+    assert len(result.h) == len(result.remainder) == 5
+    # remainders really shrink ~100x per 10x smaller step
+    assert result.remainder[0] / result.remainder[2] == pytest.approx(100, rel=0.3)
+    # autodiff gradients as explicit grads pass too; a scaled gradient does not
+    _, auto = fnn.autodiff(net, params, x, y, "sparse_categorical_cross_entropy")
+    assert fnn.taylor_test(net, params, x, y, "sparse_categorical_cross_entropy", grads=auto).ok
+    wrong = jax.tree_util.tree_map(lambda g: 1.05 * g, auto)
+    bad = fnn.taylor_test(net, params, x, y, "sparse_categorical_cross_entropy", grads=wrong)
+    assert not bad.ok and bad.order < 1.5
+
+
+def test_num_checks_sampling(x64):
+    net, params, x, y = make_case("relu", "identity", "softmax_cross_entropy", 3, 4, dtype=jnp.float64)
+    n_params = sum(t.size for t in jax.tree_util.tree_leaves(params))
+    report = fnn.gradcheck(net, params, x, y, "softmax_cross_entropy", num_checks=7, key=jax.random.key(3),
+                           taylor=False)
+    assert report.ok and report.taylor is None
+    fd_rows = [r for r in report.rows if r.pair == "manual~fd"]
+    assert sum(r.checked for r in fd_rows) == 7
+    # manual~autodiff always compares every coordinate
+    assert sum(r.checked for r in report.rows if r.pair == "manual~autodiff") == n_params
+    # another key samples other coordinates
+    other = fnn.gradcheck(net, params, x, y, "softmax_cross_entropy", num_checks=7, key=jax.random.key(4),
+                          taylor=False)
+    assert [r.checked for r in other.rows] != [r.checked for r in report.rows]
+    # more checks than coordinates: all of them
+    full = fnn.gradcheck(net, params, x, y, "softmax_cross_entropy", num_checks=10_000, taylor=False)
+    assert sum(r.checked for r in full.rows if r.pair == "manual~fd") == n_params
+
+
+def test_relative_error_measure():
+    assert relative_error([1.0, 2.0], [1.0, 2.0])[:2] == (0.0, 0.0)
+    assert relative_error([1.0, 2.0], [1.0, 2.0])[2] == pytest.approx(1.0)
+    max_abs, max_rel, cos = relative_error([1.0, -2.0], [1.1, -2.0])
+    assert max_abs == pytest.approx(0.1) and max_rel == pytest.approx(0.1 / 2.1) and cos < 1
+    # coordinates that are zero in both do not blow up; a zero against a nonzero is a full mismatch
+    assert relative_error([0.0, 1.0], [0.0, 1.0])[1] == 0.0
+    assert relative_error([0.0, 1.0], [1e-3, 1.0])[1] == pytest.approx(1.0)
+    assert relative_error(np.zeros(3), np.zeros(3)) == (0.0, 0.0, 1.0)
+    assert relative_error(np.zeros(0), np.zeros(0)) == (0.0, 0.0, 1.0)
+
+
+def test_tolerance_by_dtype():
+    assert tolerance(jnp.float64) == 1e-10
+    assert tolerance(jnp.float32) == 1e-4
+    assert tolerance(jnp.bfloat16) == tolerance(jnp.float16) == 5e-2
+
+
+def test_relative_error_floor():
+    """An absolute floor on the denominator: differences below floor · tol count as at most tol."""
+    assert relative_error([1e-4], [1e-4 + 5e-10])[1] == pytest.approx(2.5e-6, rel=1e-3)
+    assert relative_error([1e-4], [1e-4 + 5e-10], floor=1e-3)[1] == pytest.approx(5e-7, rel=1e-3)
+    assert relative_error([1e-4], [1.1e-4], floor=1e-3)[1] == pytest.approx(1e-2, rel=1e-3)  # real errors stay
+
+
+def test_fd_noise_on_small_coordinates_is_not_a_failure(x64):
+    """Regression: a coordinate whose gradient is ~1e-4 while the loss is O(1) has central-difference rounding
+    noise (~eps64·|L|/eps ≈ 5e-10) of relative size ~3e-6 > 1e-6; correct gradients must still pass."""
+    net, params, x, y = make_case("sigmoid", "sigmoid", "binary_cross_entropy", 3, 5, dtype=jnp.float64, seed=1)
+    report = fnn.gradcheck(net, params, x, y, "binary_cross_entropy", num_checks=12)
+    assert report.ok, str(report)
+    small = [r for r in report.rows if r.pair == "manual~fd" and r.layer == 0 and r.leaf == "w"]
+    assert small and small[0].max_abs > 1e-10  # the noise is there
