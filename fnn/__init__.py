@@ -6,7 +6,7 @@ Networks are pure functions over parameter pytrees (``net.init(key) -> params``,
 whole epochs compiled as one ``lax.scan``.
 """
 
-from fnn import activations, checkpoint, data, initializers, losses, parallel
+from fnn import activations, checkpoint, data, initializers, losses, parallel, stats
 from fnn.backprop import Trace, autodiff, backprop, manual_apply, manual_objective, objective, per_example_grads
 from fnn.checkpoint import Checkpoint, load, save
 from fnn.data import (
@@ -70,6 +70,7 @@ __all__ = [
     "save",
     "sgd_step",
     "standardize",
+    "stats",
     "taylor_test",
     "train_test_split",
 ]
