@@ -1,0 +1,91 @@
+"""Training curves as a PNG: loss and accuracy per epoch from a :func:`fnn.fit` history.
+
+matplotlib is an optional extra (``pip install 'fnn[plot]'``); it is imported only when a plot is drawn, with
+the non-interactive Agg backend, so nothing here needs a display.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["plot_history", "MATPLOTLIB_HINT"]
+
+MATPLOTLIB_HINT = "matplotlib is not installed (pip install 'fnn[plot]')"
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError(MATPLOTLIB_HINT) from e
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_history(history: dict, path: str | os.PathLike, *, title: str | None = None) -> Path:
+    """Draws the loss (left) and the test accuracy (right) of a training history per epoch and saves a PNG.
+
+    Args:
+      history: a :func:`fnn.fit` history: ``epoch`` and ``train_loss`` lists, optionally ``test_loss`` and
+        ``test_accuracy`` (entries may be None), and ``diverged`` (marked on both panels).
+      path: the PNG to write; its folder must exist.
+      title: an optional figure title.
+
+    Returns:
+      ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+      ImportError: matplotlib is missing; the message says how to install it.
+      ValueError: the history has no ``epoch``/``train_loss`` lists of equal length.
+    """
+    epochs = list(history.get("epoch", []))
+    train_loss = list(history.get("train_loss", []))
+    if len(epochs) != len(train_loss):
+        raise ValueError(
+            f"plot_history: history['epoch'] has {len(epochs)} entries but history['train_loss'] has {len(train_loss)}."
+        )
+    plt = _pyplot()
+    test_loss = history.get("test_loss") or []
+    accuracy = [(e, a) for e, a in zip(epochs, history.get("test_accuracy") or []) if a is not None]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    marker = "o" if len(epochs) <= 30 else None
+
+    ax_loss.plot(epochs, train_loss, marker=marker, markersize=3, label="train (mean over the epoch's steps)")
+    if test_loss:
+        ax_loss.plot(epochs, test_loss, marker=marker, markersize=3, label="test (after the epoch)")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    if train_loss and min(train_loss + list(test_loss)) > 0 and max(train_loss) / min(train_loss) > 20:
+        ax_loss.set_yscale("log")
+    ax_loss.legend()
+
+    if accuracy:
+        xs, ys = zip(*accuracy)
+        best = max(range(len(ys)), key=ys.__getitem__)
+        label = f"test (last {ys[-1]:.4f}, best {ys[best]:.4f} at epoch {xs[best]})"
+        ax_acc.plot(xs, ys, marker=marker, markersize=3, color="tab:green", label=label)
+        ax_acc.legend(loc="lower right")
+    else:
+        ax_acc.text(0.5, 0.5, "no test accuracy recorded", ha="center", va="center", transform=ax_acc.transAxes)
+    ax_acc.set_title("accuracy")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy")
+
+    diverged = history.get("diverged")
+    last = max(epochs + ([diverged["epoch"]] if diverged else []), default=None)
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        if last is not None:
+            ax.set_xlim(0.5, last + 0.5)
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        if diverged:
+            ax.axvline(diverged["epoch"], color="tab:red", linestyle="--")
+            ax.text(diverged["epoch"], 0.5, f" diverged in epoch {diverged['epoch']}", color="tab:red",
+                    rotation=90, ha="right", va="center", transform=ax.get_xaxis_transform())
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
