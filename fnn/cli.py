@@ -143,6 +143,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="feed the raw [0, 1] features instead of standardizing them with training statistics")
     train.add_argument("--strict", action="store_true", default=None,
                        help="check every step for non-finite values (stops at the exact step that diverged)")
+    train.add_argument("--devices", type=_positive(int), default=None, metavar="N",
+                       help="data-parallel over the first N devices of jax.devices(); --batch-size must be divisible "
+                            "by N (on CPU, test with XLA_FLAGS=--xla_force_host_platform_device_count=N)")
     train.add_argument("--out", help="run folder to create (default runs/<dataset>-<timestamp>)")
     train.add_argument("--resume", metavar="DIR", help="continue the run in DIR (its config.json) up to --epochs")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -298,6 +301,7 @@ def _train(args) -> int:
                 batch_size=config["batch_size"], learning_rate=config["lr"], optimizer=optimizer,
                 grads=config["grads"], key=key_fit, progress=not args.no_progress, checkpoint_dir=out,
                 resume=args.resume is not None, strict=config["strict"], callback=lambda e, h: trained.append(e),
+                devices=args.devices,
             )
         except fnn.TrainingInterrupted as stop:
             _write_history(out, stop.history, title)

@@ -198,3 +198,21 @@ def test_missing_matplotlib_skips_the_plot(tmp_path, monkeypatch, capsys):
     cli._write_history(tmp_path, HISTORY, "t")
     assert capsys.readouterr().out.strip() == cli.PLOT_SKIPPED
     assert (tmp_path / "history.json").is_file() and not (tmp_path / "curves.png").exists()
+
+
+def test_devices_more_than_exist_is_a_one_line_error(tmp_path, capsys):
+    n = len(__import__("jax").devices()) + 1
+    code = cli.main(["train", "--devices", str(n), "--epochs", "1", "--no-progress", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("fnn: error:") and f"devices={n}" in err and "xla_force_host_platform_device_count" in err
+
+
+def test_train_on_two_forced_host_devices(tmp_path):
+    env = {**__import__("os").environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    out = subprocess.run(
+        [sys.executable, "-m", "fnn", "train", "--devices", "2", "--epochs", "2", "--no-progress", "--out", str(tmp_path / "r")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert re.fullmatch(r"test accuracy: 0\.\d{4}", out.stdout.strip().splitlines()[-1])
