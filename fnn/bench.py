@@ -783,6 +783,13 @@ def format_targets(results: Sequence[dict]) -> str:
     return "\n".join(out)
 
 
+def _load_average() -> list[float]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return []
+
+
 def environment() -> dict:
     """Versions and machine, for the report."""
     import jax
@@ -800,7 +807,8 @@ def environment() -> dict:
            "jaxlib": importlib.metadata.version("jaxlib"),
            "numpy": np.__version__, "optax": optax.__version__, "cpu": cpu, "cores": os.cpu_count(),
            "avx512": _cpu_has_avx512(), "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
-           "openblas_kernels": _openblas_coretype_detected(), "platform": platform.platform()}
+           "openblas_kernels": _openblas_coretype_detected(), "platform": platform.platform(),
+           "load_average": _load_average()}
     if _torch_available():
         import torch
 
@@ -874,7 +882,13 @@ def main(argv: Sequence[str] | None = None) -> int:
           "(rows run in a subprocess: ratio of medians).")
     print()
     print(format_targets(results))
-    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    load_end = _load_average()
+    print(f"\ntotal {time.perf_counter() - started:.0f} s; load average at the start {env['load_average']}, "
+          f"at the end {load_end}")
+    if max(env["load_average"] + load_end, default=0) > 1.5 * (os.cpu_count() or 1):
+        print("note: the machine was busy (load average above its cores): every row was slowed, the rows whose "
+              "thread pools spin while waiting (PyTorch's OpenMP, OpenBLAS) most; the thread trial picks their "
+              "better setting, and the ratios are paired, but rerun on a quiet machine for absolute numbers.")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"environment": env, "argv": list(sys.argv if argv is None else argv), "results": results},

@@ -130,6 +130,8 @@ def save(
       (3, (4, 8, 3))
     """
     path = Path(path)
+    if not isinstance(net, Network):
+        raise TypeError(f"save needs net=, the Network (from fnn.mlp) the params belong to; got {type(net).__name__}.")
     net.check_params(params)
     meta = _check_metadata(metadata)
 
@@ -201,6 +203,8 @@ def load(path: str | os.PathLike, net: Network | None = None, *, opt_state_like:
         does not match ``opt_state_like`` (the message names the leaf, expected and found).
     """
     path = Path(path)
+    if net is not None and not isinstance(net, Network):
+        raise TypeError(f"load's net must be None or a Network (from fnn.mlp), got {type(net).__name__}.")
     data, header_len = _read_checked(path)
     try:
         tensors = safetensors.numpy.load(data)

@@ -132,7 +132,9 @@ def train_test_split(x: ArrayLike, y: ArrayLike, *, test_fraction: float = 0.2, 
             f"train_test_split: x and y must have the same number of rows, got {x.shape[0]} (x {x.shape}) "
             f"and {y.shape[0]} (y {y.shape})."
         )
-    if isinstance(test_fraction, bool) or not 0.0 < float(test_fraction) < 1.0:
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float, np.integer, np.floating)):
+        raise TypeError(f"train_test_split: test_fraction must be a number in (0, 1), got {test_fraction!r}.")
+    if not 0.0 < float(test_fraction) < 1.0:
         raise ValueError(f"train_test_split: test_fraction must be in (0, 1), got {test_fraction!r}.")
     n = x.shape[0]
     n_test = round(n * float(test_fraction))
@@ -160,6 +162,8 @@ class Standardizer(NamedTuple):
 
 def _float_array(x: ArrayLike) -> np.ndarray:
     x = np.asarray(x)
+    if x.dtype.kind not in "biuf":
+        raise TypeError(f"expected numeric (bool, integer or float) data, got dtype {x.dtype} of shape {x.shape}.")
     return x if x.dtype.kind == "f" else x.astype(np.float32)
 
 

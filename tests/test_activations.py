@@ -55,7 +55,8 @@ def test_forward_matches_jax_nn(name, transform, x64):
     got = transform(A.get(name).forward)(z)
     want = REFERENCE[name](z)
     assert got.shape == z.shape and got.dtype == z.dtype
-    np.testing.assert_allclose(got, want, rtol=1e-14, atol=0)
+    # gelu_tanh's ½z(1 + t) cancels for z < -2 as its derivative does: a few ulps of O(1) under jit's fusion.
+    np.testing.assert_allclose(got, want, rtol=1e-14, atol=1e-15 if name == "gelu_tanh" else 0)
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE))
