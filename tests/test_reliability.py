@@ -156,6 +156,11 @@ def _half_gzip() -> bytes:
     return data[: len(data) // 2]
 
 
+def _per_example(params=P):
+    net = NET if params is P else fnn.mlp([4, 6, 3])
+    return fnn.per_example_grads(net, params, X, Y, SPARSE)
+
+
 def _checkpoint(tmp: Path) -> Path:
     return fnn.save(tmp / "ckpt.safetensors", P, net=NET)
 
@@ -329,6 +334,20 @@ OTHER_ROWS = [
     Row("parallel", "make_mesh: not devices", lambda tmp: fnn.parallel.make_mesh([0, 1]), TypeError,
         (r"jax\.Device objects", r"got 0")),
     Row("fit", "devices=0", _fit(devices=0), ValueError, (r"at least 1", r"got 0")),
+    # gradient statistics (fnn.stats) on per-example gradients
+    Row("stats", "example_norms: unknown grouping", lambda tmp: fnn.stats.example_norms(_per_example(), per="neuron"),
+        ValueError, (r"one of \('layer', 'total'\)", r"'neuron'")),
+    Row("stats", "gradient_variance: negative ddof", lambda tmp: fnn.stats.gradient_variance(_per_example(), ddof=-1),
+        ValueError, (r"non-negative int", r"got -1")),
+    Row("stats", "gradient_variance: fewer examples than ddof needs",
+        lambda tmp: fnn.stats.gradient_variance(_per_example(), ddof=8), ValueError, (r"at least 9 examples", r"got 8")),
+    Row("stats", "example_norms: params instead of per-example grads", lambda tmp: fnn.stats.example_norms(P),
+        ValueError, (r"batch size", r"\(4, 5\)")),
+    Row("stats", "cosine_similarity: grads of two networks",
+        lambda tmp: fnn.stats.cosine_similarity(_per_example(), _per_example(OTHER)), ValueError,
+        (r"\(8, 5\)", r"\(8, 6\)")),
+    Row("stats", "example_norms: not a pytree of grads", lambda tmp: fnn.stats.example_norms("abc"), TypeError,
+        (r"list of per-layer dicts", r"got str")),
     # registries
     Row("activations", "get: unknown name", lambda tmp: fnn.activations.get("rellu"), ValueError,
         (r"'rellu'", r"Did you mean 'relu'", NAMES + r".*softmax")),
