@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Side-by-side training benchmark (the same as ``fnn bench``): see fnn/bench.py and BENCHMARKS.md.
 
-    python scripts/bench.py                       # the full table (about 10 minutes on 2 cores)
+    python scripts/bench.py                       # the full table (15–20 minutes on 2 busy cores)
     python scripts/bench.py --quick               # a smoke run in seconds
     python scripts/bench.py --openblas-coretype Haswell   # this process's NumPy with that OpenBLAS kernel
 
