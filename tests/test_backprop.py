@@ -12,8 +12,9 @@ The matrix (``MATRIX``) covers, for every registered activation ``act``:
     softmax output + binary_cross_entropy, sigmoid output + (sparse) categorical_cross_entropy.
 Depths 1, 2 and 4 and batch sizes 1 and 7; depth 1 only where the single layer uses ``act`` (otherwise the
 case is the same network as another row's). Float64: manual == autodiff to 1e-10 relative and both == central
-differences on a coordinate sample. Float32 under ``jax.jit``: every row at depth 2, batch 7, one compile per hidden activation (compiles, not
-arithmetic, dominate the run time on CPU; the eager float64 matrix shares its compiled primitives across rows).
+differences on a coordinate sample. Float32 under ``jax.jit``: every row at depth 2, batch 7, one compile per
+hidden activation (compiles, not arithmetic, dominate the run time on CPU; the eager float64 matrix shares its
+compiled primitives across rows).
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def sample_coords(params, seed, n_first=1, n_last=1):
 def test_matrix_float64_manual_equals_autodiff_and_fd(hidden, output, loss, x64):
     for depth in _depths(hidden, output):
         for batch in BATCHES:
-            net, params, x, y = make_case(hidden, output, loss, depth, batch, dtype=jnp.float64, seed=10 * depth + batch)
+            seed = 10 * depth + batch
+            net, params, x, y = make_case(hidden, output, loss, depth, batch, dtype=jnp.float64, seed=seed)
             value, manual = fnn.backprop(net, params, x, y, loss)
             ref_value, auto = fnn.autodiff(net, params, x, y, loss)
             where = f"depth {depth}, batch {batch}"
@@ -150,18 +152,15 @@ def _loss_from_last_z(loss, output, z, y):
         return optax.sigmoid_binary_cross_entropy(z, y).sum() / n
     if loss == "softmax_cross_entropy":
         return optax.softmax_cross_entropy(z, y).sum() / n
-    a = JAX_NN[output](z)
-    if loss == "mse":
-        return jnp.mean((a - y) ** 2)
-    if loss == "quadratic":
-        return optax.l2_loss(a, y).sum() / n
+    if loss == "quadratic":  # a generic loss through the output's own backward (softmax: a full Jacobian)
+        return optax.l2_loss(JAX_NN[output](z), y).sum() / n
     raise AssertionError(loss)
 
 
 @pytest.mark.parametrize("hidden, output, loss", [
-    ("tanh", "identity", "mse"), ("relu", "softmax", "categorical_cross_entropy"),
+    ("tanh", "softmax", "quadratic"), ("relu", "softmax", "categorical_cross_entropy"),
     ("gelu", "sigmoid", "binary_cross_entropy"), ("elu", "softmax", "sparse_categorical_cross_entropy"),
-    ("sigmoid", "identity", "softmax_cross_entropy"), ("tanh", "softmax", "quadratic"),
+    ("sigmoid", "identity", "softmax_cross_entropy"),
 ])
 @TRANSFORMS
 def test_trace_delta_is_grad_wrt_pre_activation(hidden, output, loss, transform, x64):
@@ -272,7 +271,7 @@ def test_naive_unfused_chain_fails_at_extreme_logits(x64):
 
 @pytest.mark.parametrize("hidden, output, loss", [
     ("tanh", "identity", "mse"), ("relu", "softmax", "sparse_categorical_cross_entropy"),
-    ("sigmoid", "sigmoid", "binary_cross_entropy"), ("gelu", "identity", "softmax_cross_entropy"),
+    ("gelu", "sigmoid", "binary_cross_entropy"),
 ])
 def test_per_example_grads(hidden, output, loss, x64):
     net, params, x, y = make_case(hidden, output, loss, 3, 5, dtype=jnp.float64, seed=4)
@@ -290,7 +289,7 @@ def test_per_example_grads(hidden, output, loss, x64):
 # --- the custom_vjp bridges ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("output", ["identity", "softmax", "tanh"])
+@pytest.mark.parametrize("output", ["identity", "softmax"])
 @TRANSFORMS
 def test_manual_apply_under_arbitrary_loss(output, transform, x64):
     """jax.grad through fnn.manual_apply (hand-written backward) == plain autodiff through net.apply, for an
@@ -328,7 +327,7 @@ def test_manual_apply_integer_input(x64):
 
 @pytest.mark.parametrize("hidden, output, loss", [
     ("tanh", "softmax", "sparse_categorical_cross_entropy"), ("relu", "identity", "sparse_softmax_cross_entropy"),
-    ("sigmoid", "sigmoid", "binary_cross_entropy"), ("swish", "identity", "quadratic"),
+    ("swish", "sigmoid", "binary_cross_entropy"),
 ])
 @TRANSFORMS
 def test_manual_objective(hidden, output, loss, transform, x64):

@@ -47,8 +47,8 @@ def test_default_dtype_is_float32():
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-@pytest.mark.parametrize("shape", [(400, 600), (1000, 100)])
-def test_empirical_variance_matches_formula(name, shape, x64):
+def test_empirical_variance_matches_formula(name, x64):
+    shape = (300, 900)  # n_in != n_out: fan-in (he, lecun) and fan-average (glorot) formulas differ 2x
     kind, var_fn = EXPECTED[name]
     w = np.asarray(I.get(name)(jax.random.key(11), shape, jnp.float64))
     var = var_fn(*shape)
