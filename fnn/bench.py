@@ -2,7 +2,7 @@
 
 Every row trains the same network on the same 60,000 synthetic MNIST-shaped float32 samples (784 features,
 10 classes, fixed seed) with softmax cross-entropy (a mean over the mini-batch) and plain SGD, from identical
-initial weights, over the identical shuffled order of every epoch (``jax.random.permutation`` of
+initial weights, over the identical shuffled order of every epoch (:func:`fnn.train.epoch_order` of
 ``fold_in(key, epoch)``, exactly the order :func:`fnn.fit` uses), so all rows end at the same training loss
 up to float32 rounding; the table prints it to show they trained the same thing.
 

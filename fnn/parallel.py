@@ -270,42 +270,20 @@ def make_epoch(update: Callable, mesh: Mesh, n: int, batch_size: int, *, strict:
     Raises:
       ValueError: ``batch_size`` not divisible by the number of devices.
     """
-    from fnn.train import _all_finite, _layer_finite
+    from fnn.train import _epoch_permutation, _initial_carry, _step_body, _unpack
 
     num_devices = mesh.size
     per_device = check_batch_size(batch_size, mesh)
     num_batches = n // batch_size
 
     def local_epoch(params, opt_state, x, y, key, lr):
-        perm = jax.random.permutation(key, n)[: num_batches * batch_size]
-        perm = perm.reshape(num_batches, num_devices, per_device)
+        perm = _epoch_permutation(key, n, batch_size).reshape(num_batches, num_devices, per_device)
         mine = jax.lax.dynamic_index_in_dim(perm, jax.lax.axis_index(DATA_AXIS), axis=1, keepdims=False)
         xb = jnp.take(x, mine.reshape(-1), axis=0).reshape(num_batches, per_device, *x.shape[1:])
         yb = jnp.take(y, mine.reshape(-1), axis=0).reshape(num_batches, per_device, *y.shape[1:])
-
-        if not strict:
-
-            def body(carry, batch):
-                p, s, value, _ = update(*carry, batch[0], batch[1], lr)
-                return (p, s), value
-
-            (params, opt_state), step_losses = jax.lax.scan(body, (params, opt_state), (xb, yb), unroll=unroll)
-            return params, opt_state, step_losses, None
-
-        def strict_body(carry, batch):  # as in fnn.train: freeze at the last step whose values were all finite
-            p, s, healthy = carry
-            new_p, new_s, value, g = update(p, s, batch[0], batch[1], lr)
-            layer_ok = _layer_finite(g)
-            good = healthy & jnp.isfinite(value) & jnp.all(layer_ok) & _all_finite(new_p)
-            keep = lambda new, old: jnp.where(good, new, old)  # noqa: E731
-            p = jax.tree_util.tree_map(keep, new_p, p)
-            s = jax.tree_util.tree_map(keep, new_s, s)
-            return (p, s, good), (jnp.where(good, value, jnp.nan), layer_ok)  # a frozen step reports NaN
-
-        (params, opt_state, _), (step_losses, layer_ok) = jax.lax.scan(
-            strict_body, (params, opt_state, jnp.array(True)), (xb, yb), unroll=unroll
-        )
-        return params, opt_state, step_losses, layer_ok
+        body = _step_body(update, lr, strict=strict)  # the single-device epoch's step, grads averaged by update
+        carry, out = jax.lax.scan(body, _initial_carry(params, opt_state, strict), (xb, yb), unroll=unroll)
+        return _unpack(carry, out, strict)
 
     compiled = jax.jit(jax.shard_map(local_epoch, mesh=mesh, in_specs=_REPLICATED, out_specs=_REPLICATED))
 

@@ -5,7 +5,7 @@ mini-batches, evaluate after each epoch — compiled end to end:
 
 * :func:`sgd_step` is one jitted update ``W := W - α dW`` (or an optax update).
 * An epoch is one compiled call: the training set lives on the device, is permuted there with
-  ``jax.random.fold_in(key, epoch)``, gathered a few mini-batches (about 512 KiB) at a time and scanned.
+  :func:`epoch_order` of ``jax.random.fold_in(key, epoch)``, gathered a few mini-batches (about 512 KiB) at a time and scanned.
   **The last partial batch is dropped** (``n // batch_size`` steps per epoch); a fresh shuffle each epoch
   means every example is still used. No per-step Python and no host-to-device copy per epoch.
 * :func:`fit` adds evaluation (jitted, in chunks), a progress bar, checkpoints and resume (bit-exact on CPU),
@@ -248,12 +248,35 @@ def _layer_finite(grads) -> Array:
     return jnp.stack([_all_finite(layer) for layer in grads])
 
 
+def epoch_order(key: PRNGKey, n: int) -> Array:
+    """The shuffled order of one epoch: a uniformly random permutation of ``range(n)`` (int32) drawn from ``key``.
+
+    ``fit`` visits epoch ``e`` in the order ``epoch_order(jax.random.fold_in(key, e), n)``, mini-batch ``s``
+    being ``order[s * batch_size:(s + 1) * batch_size]`` (the last partial batch dropped). Replay it to
+    reproduce a run step by step outside ``fit``.
+
+    Each index gets two independent 32-bit random words from ``jax.random.bits`` and the indices are sorted by
+    that 64-bit key in one ``lax.sort``: a tie has probability about ``n² / 2⁶⁵`` (2·10⁻¹⁰ at n = 60,000). It is
+    a uniform permutation as ``jax.random.permutation`` is (which sorts by 32-bit keys in several rounds), with
+    a different order, and it compiles in about 0.35 s less on 2 CPU cores (BENCHMARKS.md, "levers").
+
+    Raises:
+      ValueError: ``n`` is not a positive integer below 2³¹.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 < n < 2**31:
+        raise ValueError(f"epoch_order: n must be a positive integer below 2**31, got {n!r}.")
+    n = int(n)
+    words = jax.random.bits(key, (2, n), jnp.uint32)
+    return jax.lax.sort((words[0], words[1], jnp.arange(n, dtype=jnp.int32)), num_keys=2)[2]
+
+
 def _epoch_permutation(key: PRNGKey, n: int, batch_size: int) -> Array:
     """The example order of one epoch: ``(n // batch_size) * batch_size`` indices, the last partial batch dropped.
 
-    Shared by the compiled epoch and by :mod:`fnn.bench`, whose peers replay exactly fit's order.
+    Shared by the compiled epochs (single-device and :mod:`fnn.parallel`), ``_diagnose`` and :mod:`fnn.bench`,
+    whose peers replay exactly fit's order.
     """
-    return jax.random.permutation(key, n)[: (n // batch_size) * batch_size]
+    return epoch_order(key, n)[: (n // batch_size) * batch_size]
 
 
 #: Bytes of training data gathered per chunk of mini-batches (see ``_make_epoch``): a chunk stays in a core's
@@ -268,6 +291,47 @@ def _batches_per_chunk(num_batches: int, batch_size: int, row_bytes: int) -> int
         if num_batches % d == 0:
             return d
     return k
+
+
+def _step_body(update, lr, *, strict: bool):
+    """The ``lax.scan`` body of one training step, shared by the single-device and data-parallel epochs.
+
+    Plain: carry ``(params, opt_state)``, output the step's loss. Strict: carry ``(params, opt_state,
+    healthy)``; a step whose loss, gradients or new params are not all finite freezes the carry at the last
+    finite params for the rest of the epoch and outputs ``(loss or NaN, (num_layers,) finite flags)``.
+    """
+
+    def step(carry, batch):
+        p, s = carry
+        p, s, value, _ = update(p, s, batch[0], batch[1], lr)
+        return (p, s), value
+
+    def strict_step(carry, batch):
+        p, s, healthy = carry
+        new_p, new_s, value, g = update(p, s, batch[0], batch[1], lr)
+        layer_ok = _layer_finite(g)
+        good = healthy & jnp.isfinite(value) & jnp.all(layer_ok) & _all_finite(new_p)
+        keep = lambda new, old: jnp.where(good, new, old)  # noqa: E731
+        p = jax.tree_util.tree_map(keep, new_p, p)
+        s = jax.tree_util.tree_map(keep, new_s, s)
+        # A frozen step reports a NaN loss, so fit sees the divergence even when only a gradient or the
+        # update (not the loss) went non-finite; the loss of a frozen step means nothing anyway.
+        return (p, s, good), (jnp.where(good, value, jnp.nan), layer_ok)
+
+    return strict_step if strict else step
+
+
+def _initial_carry(params, opt_state, strict: bool):
+    return (params, opt_state, jnp.array(True)) if strict else (params, opt_state)
+
+
+def _unpack(carry, out, strict: bool):
+    """``(params, opt_state, step_losses, layer_ok or None)`` from a scan over :func:`_step_body`."""
+    if strict:
+        (params, opt_state, _), (step_losses, layer_ok) = carry, out
+        return params, opt_state, step_losses, layer_ok
+    (params, opt_state), step_losses = carry, out
+    return params, opt_state, step_losses, None
 
 
 def _make_epoch(update, n: int, batch_size: int, *, strict: bool, unroll: int):
@@ -285,24 +349,7 @@ def _make_epoch(update, n: int, batch_size: int, *, strict: bool, unroll: int):
     num_batches = n // batch_size
 
     def epoch(params, opt_state, x, y, key, lr):
-        def step(carry, batch):
-            p, s = carry
-            p, s, value, _ = update(p, s, batch[0], batch[1], lr)
-            return (p, s), value
-
-        def strict_step(carry, batch):
-            p, s, healthy = carry
-            new_p, new_s, value, g = update(p, s, batch[0], batch[1], lr)
-            layer_ok = _layer_finite(g)
-            good = healthy & jnp.isfinite(value) & jnp.all(layer_ok) & _all_finite(new_p)
-            keep = lambda new, old: jnp.where(good, new, old)  # noqa: E731
-            p = jax.tree_util.tree_map(keep, new_p, p)
-            s = jax.tree_util.tree_map(keep, new_s, s)
-            # A frozen step reports a NaN loss, so fit sees the divergence even when only a gradient or the
-            # update (not the loss) went non-finite; the loss of a frozen step means nothing anyway.
-            return (p, s, good), (jnp.where(good, value, jnp.nan), layer_ok)
-
-        body = strict_step if strict else step
+        body = _step_body(update, lr, strict=strict)
         k = _batches_per_chunk(num_batches, batch_size, math.prod(x.shape[1:]) * x.dtype.itemsize)
         num_chunks, tail = divmod(num_batches, k)
         perm = _epoch_permutation(key, n, batch_size)
@@ -312,17 +359,13 @@ def _make_epoch(update, n: int, batch_size: int, *, strict: bool, unroll: int):
             yb = jnp.take(y, idx, axis=0, mode="clip").reshape(-1, batch_size, *y.shape[1:])
             return jax.lax.scan(body, carry, (xb, yb), unroll=unroll)
 
-        carry = (params, opt_state, jnp.array(True)) if strict else (params, opt_state)
-        carry, out = jax.lax.scan(chunk, carry, perm[: num_chunks * k * batch_size].reshape(num_chunks, -1))
+        carry, out = jax.lax.scan(chunk, _initial_carry(params, opt_state, strict),
+                                  perm[: num_chunks * k * batch_size].reshape(num_chunks, -1))
         out = jax.tree_util.tree_map(lambda o: o.reshape(num_chunks * k, *o.shape[2:]), out)
         if tail:
             carry, out_tail = chunk(carry, perm[num_chunks * k * batch_size:])
             out = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), out, out_tail)
-        if strict:
-            (params, opt_state, _), (step_losses, layer_ok) = carry, out
-            return params, opt_state, step_losses, layer_ok
-        (params, opt_state), step_losses = carry, out
-        return params, opt_state, step_losses, None
+        return _unpack(carry, out, strict)
 
     return epoch
 
@@ -446,6 +489,18 @@ def _programs(net, loss, grads, optimizer, n, batch_size, strict, unroll):
     return update, _make_epoch(update, n, batch_size, strict=strict, unroll=unroll)
 
 
+def _check_data(net: Network, params: Params, loss, train, test):
+    """``(loss record, x, y, (x_test, y_test) or None)``: the data checks shared by ``fit`` and ``fit_ensemble``."""
+    for name, pair in (("train", train), ("test", test)):
+        if (pair is not None or name == "train") and (not isinstance(pair, (tuple, list)) or len(pair) != 2):
+            or_none = " or None" if name == "test" else ""
+            raise TypeError(f"{name} must be a pair (x, y){or_none}, got {type(pair).__name__}.")
+    loss_rec = _losses.get(loss)
+    x, y = _prepare_data(net, params, loss_rec, *train, "train:")
+    test_xy = _prepare_data(net, params, loss_rec, *test, "test:") if test is not None else None
+    return loss_rec, x, y, test_xy
+
+
 def _check_fit_args(x, batch_size, epochs):
     epochs = _positive_number("epochs", epochs, integer=True)
     batch_size = _positive_number("batch_size", batch_size, integer=True)
@@ -462,7 +517,7 @@ def _diagnose(setup: _Setup, net, params, opt_state, x, y, key, batch_size) -> t
     """
     n = x.shape[0]
     num_batches = n // batch_size
-    perm = np.asarray(jax.random.permutation(key, n))[: num_batches * batch_size].reshape(num_batches, batch_size)
+    perm = np.asarray(_epoch_permutation(key, n, batch_size)).reshape(num_batches, batch_size)
     step = jax.jit(setup.update)
     for s in range(num_batches):
         params_new, opt_state, value, grads = step(params, opt_state, x[perm[s]], y[perm[s]], setup.lr)
@@ -547,18 +602,11 @@ def fit(
       ...                        epochs=10, batch_size=32, learning_rate=0.1, key=k1)
     """
     check_params(net, params)
-    if not isinstance(train, (tuple, list)) or len(train) != 2:
-        raise TypeError(f"train must be a pair (x, y), got {type(train).__name__}.")
-    loss_rec = _losses.get(loss)
-    x, y = _prepare_data(net, params, loss_rec, *train, "train:")
+    loss_rec, x, y, test_xy = _check_data(net, params, loss, train, test)
     epochs, batch_size = _check_fit_args(x, batch_size, epochs)
     checkpoint_every = _positive_number("checkpoint_every", checkpoint_every, integer=True)
     unroll = _positive_number("unroll", unroll, integer=True)
     eval_batch_size = _positive_number("eval_batch_size", eval_batch_size, integer=True)
-    if test is not None:
-        if not isinstance(test, (tuple, list)) or len(test) != 2:
-            raise TypeError(f"test must be a pair (x, y) or None, got {type(test).__name__}.")
-        x_test, y_test = _prepare_data(net, params, loss_rec, *test, "test:")
     setup = _setup(net, loss_rec, grads, optimizer, learning_rate, x.shape[0], batch_size, strict, unroll)
     epoch_fn = jax.jit(setup.epoch)
     if devices is not None:  # data parallel over a device mesh: the same batches, split across the devices
@@ -618,7 +666,7 @@ def fit(
             history["epoch_time"].append(time.perf_counter() - t0)
             postfix = {"loss": f"{history['train_loss'][-1]:.4f}"}
             if test is not None:
-                metrics = evaluate(net, params, x_test, y_test, loss_rec, batch_size=eval_batch_size)
+                metrics = evaluate(net, params, *test_xy, loss_rec, batch_size=eval_batch_size)
                 history["test_loss"].append(metrics["loss"])
                 history["test_accuracy"].append(metrics["accuracy"])
                 if metrics["accuracy"] is not None:
@@ -685,6 +733,17 @@ def _diverged(setup, net, params, opt_state, new_params, x, y, epoch_key, batch_
 
 # --- ensembles ------------------------------------------------------------------------------------------
 
+def _members_finite(stacked) -> Array:
+    """``(K,)`` booleans: every leaf of member ``k`` of a stacked pytree is finite."""
+    leaves = jax.tree_util.tree_leaves(stacked)
+    return jnp.stack([jnp.all(jnp.isfinite(t.reshape(t.shape[0], -1)), axis=1) for t in leaves]).all(axis=0)
+
+
+def _where_members(keep: Array, new, old):
+    """Member ``k`` of ``new`` where ``keep[k]``, else of ``old`` (stacked pytrees)."""
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(keep.reshape(-1, *(1,) * (a.ndim - 1)), a, b), new, old)
+
+
 def fit_ensemble(
     net: Network,
     params: Params,
@@ -709,7 +768,10 @@ def fit_ensemble(
     an optax optimizer is shared by all members (its state is vmapped).
 
     Returns:
-      ``(stacked params, history)`` where each history entry is a list over epochs of length-K lists.
+      ``(stacked params, history)`` where each history entry is a list over epochs of length-K lists. A
+      member whose loss or params go non-finite in an epoch is frozen at its params from the end of the
+      previous epoch (its later ``train_loss`` entries are NaN), a :class:`DivergenceWarning` names it, and
+      ``history["diverged"][k]`` holds its ``epoch`` and ``message``; the other members are unaffected.
     """
     leaves = jax.tree_util.tree_leaves(params)
     if not isinstance(params, (list, tuple)) or not params or not isinstance(params[0], dict) \
@@ -723,11 +785,7 @@ def fit_ensemble(
     k = leaves[0].shape[0]
     member0 = jax.tree_util.tree_map(lambda t: t[0], params)
     check_params(net, member0)
-    loss_rec = _losses.get(loss)
-    for name, pair in (("train", train), ("test", test)):
-        if (pair is not None or name == "train") and (not isinstance(pair, (tuple, list)) or len(pair) != 2):
-            raise TypeError(f"{name} must be a pair (x, y){' or None' if name == 'test' else ''}, got {type(pair).__name__}.")
-    x, y = _prepare_data(net, member0, loss_rec, *train, "train:")
+    loss_rec, x, y, test_xy = _check_data(net, member0, loss, train, test)
     epochs, batch_size = _check_fit_args(x, batch_size, epochs)
     try:
         lr = jnp.asarray(learning_rate, dtype=leaves[0].dtype)
@@ -753,19 +811,34 @@ def fit_ensemble(
 
     epoch_fn = jax.jit(jax.vmap(member_epoch, in_axes=(0, state_axes, 0, 0, None), out_axes=(0, state_axes, 0)))
     eval_fn = jax.jit(jax.vmap(lambda p, xt, yt: _chunk_metrics(net, loss_rec, p, xt, yt), in_axes=(0, None, None)))
-    if test is not None:
-        x_test, y_test = _prepare_data(net, member0, loss_rec, *test, "test:")
     history: dict = {"epoch": [], "train_loss": []}
     if test is not None:
         history.update(test_loss=[], test_accuracy=[])
+    alive = np.ones(k, bool)  # members that have not diverged
     for e in range(epochs):
-        params, opt_state, step_losses = epoch_fn(params, opt_state, keys, lr, e)
+        new_params, new_state, step_losses = epoch_fn(params, opt_state, keys, lr, e)
+        step_losses = np.asarray(step_losses)
+        finite = np.isfinite(step_losses).all(axis=1) & np.asarray(_members_finite(new_params))
+        newly = alive & ~finite
+        alive &= finite
+        if alive.all():
+            params, opt_state = new_params, new_state
+        else:  # freeze the diverged members at their last finite params; the others train on
+            keep = jnp.asarray(alive)
+            params = _where_members(keep, new_params, params)
+            opt_state = _where_members(keep, new_state, opt_state)
+        for m in np.flatnonzero(newly).tolist():
+            message = (f"Ensemble member {m} (learning rate {float(lr[m]):g}) diverged in epoch {e + 1}: a "
+                       f"non-finite loss or param. Keeping its params from the end of epoch {e}; the other "
+                       f"members train on. Try a smaller learning rate for it.")
+            history.setdefault("diverged", {})[m] = {"epoch": e + 1, "message": message}
+            warnings.warn(message, DivergenceWarning, stacklevel=2)
         history["epoch"].append(e + 1)
-        history["train_loss"].append(np.asarray(step_losses).mean(axis=1).tolist())
+        history["train_loss"].append(np.where(alive, step_losses.mean(axis=1), np.nan).tolist())
         if test is not None:
-            total, correct = eval_fn(params, x_test, y_test)
-            history["test_loss"].append((np.asarray(total) / x_test.shape[0]).tolist())
-            history["test_accuracy"].append((np.asarray(correct) / x_test.shape[0]).tolist())
+            total, correct = eval_fn(params, *test_xy)
+            history["test_loss"].append((np.asarray(total) / test_xy[0].shape[0]).tolist())
+            history["test_accuracy"].append((np.asarray(correct) / test_xy[0].shape[0]).tolist())
         if progress:
             print(f"epoch {e + 1}: train loss {history['train_loss'][-1]}")
     return params, history

@@ -48,7 +48,7 @@ def jit_sharded_epoch(update, mesh, n: int, batch_size: int):
     replicated = NamedSharding(mesh, P())
 
     def epoch(params, opt_state, x, y, key, lr):
-        perm = jax.random.permutation(key, n)[: num_batches * batch_size]
+        perm = fnn.train._epoch_permutation(key, n, batch_size)
         xb = jnp.take(x, perm, axis=0).reshape(num_batches, batch_size, *x.shape[1:])
         yb = jnp.take(y, perm, axis=0).reshape(num_batches, batch_size, *y.shape[1:])
         xb = jax.lax.with_sharding_constraint(xb, split)

@@ -86,8 +86,10 @@ def _member(stacked, k):
 
 
 def _batches(key, epoch, n, batch_size):
-    """fit's shuffle, written out: permute with fold_in(key, epoch), keep n // b * b indices, cut into batches."""
-    perm = np.asarray(jax.random.permutation(jax.random.fold_in(key, epoch), n))
+    """fit's shuffle, written out: sort the indices by two 32-bit words of jax.random.bits(fold_in(key, epoch)),
+    keep n // b * b indices, cut into batches."""
+    words = np.asarray(jax.random.bits(jax.random.fold_in(key, epoch), (2, n), jnp.uint32))
+    perm = np.lexsort((np.arange(n), words[1], words[0]))  # last key is the primary one
     num = n // batch_size
     return perm[: num * batch_size].reshape(num, batch_size)
 
@@ -260,6 +262,24 @@ def test_fit_ensemble_equals_each_member_trained_alone(float64):
         assert [row[k] for row in history["test_accuracy"]] == h["test_accuracy"]
     # The members really differ (different inits, shuffles and learning rates).
     assert not np.allclose(_leaves(_member(params, 0))[0], _leaves(_member(params, 1))[0])
+
+
+def test_fit_ensemble_freezes_a_diverging_member_and_trains_the_others():
+    net = _classifier()
+    stacked = jax.tree_util.tree_map(lambda *t: jnp.stack(t), *[_params(net, k) for k in range(3)])
+    keys = jax.random.split(jax.random.key(2), 3)
+    lrs = [0.1, 1e38, 0.2]  # member 1 overflows float32 in its first step
+    kw = dict(loss=SPARSE_CE, epochs=2, batch_size=4)
+    with pytest.warns(fnn.DivergenceWarning, match=r"member 1 \(learning rate 1e\+38\) diverged in epoch 1"):
+        params, history = fnn.fit_ensemble(net, stacked, _blobs(12), learning_rate=lrs, keys=keys, **kw)
+    assert set(history["diverged"]) == {1} and history["diverged"][1]["epoch"] == 1
+    assert all(np.isnan(row[1]) for row in history["train_loss"])
+    _assert_tree_close(_member(params, 1), _member(stacked, 1), rtol=0, atol=0)  # frozen at its start
+    for k in (0, 2):
+        assert all(np.isfinite(row[k]) for row in history["train_loss"])
+        alone, _ = fnn.fit(net, _member(stacked, k), _blobs(12), learning_rate=lrs[k], key=keys[k],
+                           progress=False, **kw)
+        _assert_tree_close(_member(params, k), alone, rtol=1e-5, atol=1e-6)
 
 
 def test_fit_ensemble_rejects_per_member_learning_rates_with_an_optax_optimizer():
@@ -598,3 +618,31 @@ def test_fit_ensemble_rejects_unstacked_params():
     with pytest.raises(ValueError, match=r"stacked params.*\(K, 4, 6\), got \(4, 6\)"):
         fnn.fit_ensemble(net, _params(net, 0), (_X, _Y), loss=SPARSE_CE, epochs=1, batch_size=5,
                          keys=jax.random.split(jax.random.key(1), 3))
+
+
+# --- the epoch order ----------------------------------------------------------------------------------------
+
+def test_epoch_order_is_a_permutation_replayed_by_lexsort():
+    key = jax.random.key(11)
+    order = fnn.train.epoch_order(key, 1000)
+    assert order.dtype == jnp.int32 and order.shape == (1000,)
+    assert np.array_equal(np.sort(np.asarray(order)), np.arange(1000))
+    words = np.asarray(jax.random.bits(key, (2, 1000), jnp.uint32))
+    assert np.array_equal(np.asarray(order), np.lexsort((np.arange(1000), words[1], words[0])))
+    assert np.array_equal(np.asarray(jax.jit(fnn.train.epoch_order, static_argnums=1)(key, 1000)), np.asarray(order))
+    assert not np.array_equal(np.asarray(fnn.train.epoch_order(jax.random.key(12), 1000)), np.asarray(order))
+
+
+def test_epoch_order_positions_are_uniform():
+    """Over 4,000 keys, where index 0 lands is uniform over 8 slots (chi-square, 7 dof, p = 0.001 cut-off 24.3)."""
+    keys = jax.random.split(jax.random.key(0), 4000)
+    orders = np.asarray(jax.vmap(lambda k: fnn.train.epoch_order(k, 8))(keys))
+    counts = np.bincount(np.argmax(orders == 0, axis=1), minlength=8)
+    chi2 = ((counts - 500.0) ** 2 / 500.0).sum()
+    assert chi2 < 24.3, counts
+
+
+@pytest.mark.parametrize("n", [0, -3, 2.5, True, 2**31])
+def test_epoch_order_refuses_bad_n(n):
+    with pytest.raises(ValueError, match="positive integer"):
+        fnn.train.epoch_order(jax.random.key(0), n)
