@@ -249,6 +249,15 @@ def fused(activation: _act.Activation, loss: Loss) -> Fused | None:
     return _FUSED.get((activation.name, loss.name))
 
 
+def check_label_range(loss: Loss, labels: np.ndarray, n_out: int) -> None:
+    """Raise ``ValueError`` unless the concrete integer ``labels`` of a sparse loss lie in ``[0, n_out)``."""
+    if labels.size and (labels.min() < 0 or labels.max() >= n_out):
+        raise ValueError(
+            f"Loss {loss.name!r}: labels must lie in [0, {n_out}) for a network with {n_out} outputs, "
+            f"got labels from {labels.min()} to {labels.max()}."
+        )
+
+
 def check_targets(loss: Loss, y, n_out: int, batch: int, dtype=None) -> Array:
     """Validate targets against a network output and return them as an array of the canonical shape.
 
@@ -275,11 +284,7 @@ def check_targets(loss: Loss, y, n_out: int, batch: int, dtype=None) -> Array:
             labels = np.asarray(y)
         except jax.errors.TracerArrayConversionError:
             return y
-        if labels.size and (labels.min() < 0 or labels.max() >= n_out):
-            raise ValueError(
-                f"Loss {loss.name!r}: labels must lie in [0, {n_out}) for a network with {n_out} outputs, "
-                f"got labels from {labels.min()} to {labels.max()}."
-            )
+        check_label_range(loss, labels, n_out)
         return y
     if y.ndim == 1 and n_out == 1 and y.shape[0] == batch:
         y = y[:, None]

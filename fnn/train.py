@@ -211,7 +211,10 @@ def sgd_step(
         grads are averaged with ``lax.pmean``. With several processes each passes its part of the batch.
 
     Returns:
-      The jitted step; ``loss`` is the loss of the batch *before* the update.
+      The jitted step; ``loss`` is the loss of the batch *before* the update. With a sparse loss, the step
+      first checks that concrete labels lie in ``[0, n_out)`` (``ValueError`` otherwise: inside ``jit`` an
+      out-of-range label would one-hot to zeros and silently drop out of the loss); under your own ``jit`` or
+      ``lax.scan`` the labels are tracers and only their shape and dtype are checked.
     """
     loss = _losses.get(loss)
     optimizer, lr = _resolve_optimizer(optimizer, learning_rate)
@@ -221,8 +224,14 @@ def sgd_step(
 
         mesh = parallel.make_mesh(devices)
         update = _make_update(net, loss, grads, optimizer, axis_name=parallel.DATA_AXIS)
-        return parallel.make_step(update, mesh, lr=lr, stateful=optimizer is not None)
-    if optimizer is None:
+        step = parallel.make_step(update, mesh, lr=lr, stateful=optimizer is not None)
+    else:
+        step = _jitted_step(update, lr, stateful=optimizer is not None)
+    return _with_label_check(step, loss, net.sizes[-1], y_index=3 if optimizer is not None else 2)
+
+
+def _jitted_step(update, lr, *, stateful: bool) -> Callable:
+    if not stateful:
 
         @jax.jit
         def step(params, x, y):
@@ -237,6 +246,25 @@ def sgd_step(
             return params, opt_state, value
 
     return step
+
+
+def _with_label_check(step: Callable, loss: _losses.Loss, n_out: int, *, y_index: int) -> Callable:
+    """``step`` that first checks the range of concrete sparse labels (inside ``jit`` they are tracers, and an
+    out-of-range label would silently one-hot to a row of zeros). Costs a host copy of the labels per call;
+    under the caller's own ``jit``/``scan`` the labels are tracers and the check is skipped."""
+    if not loss.sparse:
+        return step
+
+    @functools.wraps(step)
+    def checked(*args):
+        y = args[y_index] if len(args) > y_index else None
+        if y is not None and not isinstance(y, jax.core.Tracer):
+            labels = np.asarray(y)
+            if np.issubdtype(labels.dtype, np.integer):
+                _losses.check_label_range(loss, labels, n_out)
+        return step(*args)
+
+    return checked
 
 
 def _all_finite(tree) -> Array:

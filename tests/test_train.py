@@ -646,3 +646,22 @@ def test_epoch_order_positions_are_uniform():
 def test_epoch_order_refuses_bad_n(n):
     with pytest.raises(ValueError, match="positive integer"):
         fnn.train.epoch_order(jax.random.key(0), n)
+
+
+# --- label range in sgd_step ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("optimizer", [None, "adam"])
+@pytest.mark.parametrize("as_jax", [False, True])
+def test_sgd_step_checks_concrete_label_range(optimizer, as_jax):
+    net = _classifier()
+    params = _params(net)
+    x, y = _blobs(6)
+    y = np.concatenate([[3], y[1:]]).astype(np.int32)  # 3 outputs: label 3 is out of range
+    y = jnp.asarray(y) if as_jax else y
+    step = fnn.sgd_step(net, SPARSE_CE, learning_rate=0.1, optimizer=optimizer)
+    args = (params, x, y) if optimizer is None else (params, fnn.make_optimizer("adam", 0.1).init(params), x, y)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\).*to 3"):
+        step(*args)
+    # Under the caller's own jit the labels are tracers: no check, no error (documented in RELIABILITY.md).
+    out = jax.jit(step)(*args)
+    assert np.isfinite(float(out[-1]))
