@@ -157,11 +157,13 @@ def test_fd_noise_on_small_coordinates_is_not_a_failure(x64):
 
 def test_taylor_order_fitted_in_the_asymptotic_regime(x64):
     """Regression: along this direction the third-order term masks h² at h = 0.1 (the remainder ratio from
-    h = 0.1 to 0.03 is that of order 0.9); a fit over all steps gave 1.66 and failed correct gradients."""
+    h = 0.1 to 0.03 is that of order 0.5); a fit over all steps gives 1.6 and would fail correct gradients.
+    (Key 188 found by a search over keys 0-299 for such a direction; the only one for this case.)"""
     net, params, x, y = make_case("tanh", "identity", "sigmoid_binary_cross_entropy", 3, 5, dtype=jnp.float64,
                                   seed=1)
-    key = jax.random.split(jax.random.key(0))[1]  # the direction gradcheck draws by default
+    key = jax.random.key(188)
     result = fnn.taylor_test(net, params, x, y, "sigmoid_binary_cross_entropy", key=key)
     r, h = np.array(result.remainder), np.array(result.h)
+    assert np.polyfit(np.log(h), np.log(r), 1)[0] < 1.8  # a fit over all steps would fail correct gradients
     assert np.log(r[0] / r[1]) / np.log(h[0] / h[1]) < 1.2  # the pre-asymptotic step is really there
     assert result.ok and result.order == pytest.approx(2.0, abs=0.1)
