@@ -618,7 +618,9 @@ def fit(
     Returns:
       ``(params, history)``; ``history`` is a dict of per-epoch lists: ``epoch``, ``train_loss``,
       ``epoch_time`` and, with ``test``, ``test_loss`` and ``test_accuracy``; ``diverged`` is set (a dict with
-      ``epoch``, ``step``, ``layer`` and ``message``) when training stopped on a non-finite value.
+      ``epoch``, ``step``, ``layer`` and ``message``) when training stopped on a non-finite value. A resumed
+      run continues the saved history: a ``diverged`` record of the run that saved the checkpoint moves to
+      ``earlier_divergences``, and test metrics of epochs that ran without a test set are ``None``.
 
     Raises:
       ValueError / TypeError: bad data, shapes or hyper-parameters (checked before anything is compiled).
@@ -661,6 +663,7 @@ def fit(
             raise ValueError("resume=True needs checkpoint_dir, the folder holding checkpoint.safetensors.")
         if ckpt_path.exists():
             params, opt_state, start, history, key = _restore(ckpt_path, net, opt_state, config)
+            history = _continued_history(history, with_test=test is not None)
 
     def save(epoch_done: int, p, s) -> Path | None:
         if ckpt_path is None:
@@ -699,6 +702,9 @@ def fit(
                 history["test_accuracy"].append(metrics["accuracy"])
                 if metrics["accuracy"] is not None:
                     postfix["acc"] = f"{metrics['accuracy']:.4f}"
+            elif "test_loss" in history:  # resumed without the test set of the run that saved the checkpoint
+                history["test_loss"].append(None)
+                history["test_accuracy"].append(None)
             if bar is not None:
                 bar.set_postfix(postfix)
                 bar.update(1)
@@ -719,6 +725,23 @@ def fit(
         if bar is not None:
             bar.close()
     return params, history
+
+
+def _continued_history(history: dict, *, with_test: bool) -> dict:
+    """A restored history, ready to be continued: every per-epoch list as long as ``history["epoch"]``.
+
+    A ``diverged`` record of the run that saved the checkpoint moves to ``earlier_divergences`` (the resumed
+    run has not diverged); test metrics of epochs run without a test set are ``None``.
+    """
+    history = dict(history)
+    earlier = history.pop("diverged", None)
+    if earlier is not None:
+        history["earlier_divergences"] = [*history.get("earlier_divergences", []), earlier]
+    done = len(history["epoch"])
+    if with_test:
+        for name in ("test_loss", "test_accuracy"):
+            history[name] = list(history.get(name, [None] * done))
+    return history
 
 
 def _restore(path: Path, net, opt_state_like, config):

@@ -416,6 +416,29 @@ def test_resume_rejects_a_different_configuration(tmp_path):
         fnn.fit(net, params0, train, **dict(kw, epochs=3, resume=True))
 
 
+def test_resume_with_and_without_a_test_set_keeps_history_aligned(tmp_path):
+    net, params0, train, test, kw = _resume_setup(None)
+    fnn.fit(net, params0, train, epochs=1, checkpoint_dir=tmp_path, **kw)  # no test set
+    _, h = fnn.fit(net, params0, train, test, epochs=2, checkpoint_dir=tmp_path, resume=True, **kw)
+    assert h["epoch"] == [1, 2] and h["test_loss"][0] is None and np.isfinite(h["test_loss"][1])
+    assert h["test_accuracy"][0] is None and 0 <= h["test_accuracy"][1] <= 1
+    _, h = fnn.fit(net, params0, train, epochs=3, checkpoint_dir=tmp_path, resume=True, **kw)  # test set gone
+    assert h["epoch"] == [1, 2, 3] and h["test_loss"][2] is None
+    assert all(len(h[k]) == 3 for k in ("train_loss", "epoch_time", "test_loss", "test_accuracy"))
+
+
+def test_resume_after_divergence_moves_the_record_to_earlier_divergences(tmp_path):
+    net, params0, train, _, kw = _resume_setup(None)
+    fnn.fit(net, params0, train, epochs=1, checkpoint_dir=tmp_path, **kw)
+    ckpt = fnn.load(tmp_path / CHECKPOINT_NAME, net)
+    record = {"epoch": 2, "step": 0, "layer": 1, "message": "diverged (a record written by hand)"}
+    history = dict(ckpt.metadata["history"], diverged=record)
+    fnn.save(tmp_path / CHECKPOINT_NAME, ckpt.params, net=net, arrays=ckpt.arrays,
+             metadata=dict(ckpt.metadata, history=history))
+    _, h = fnn.fit(net, params0, train, epochs=2, checkpoint_dir=tmp_path, resume=True, **kw)
+    assert "diverged" not in h and h["earlier_divergences"] == [record] and h["epoch"] == [1, 2]
+
+
 # --- 8. divergence --------------------------------------------------------------------------------------
 
 def _regression(n=20):
