@@ -218,16 +218,17 @@ def sgd_step(
     """
     loss = _losses.get(loss)
     optimizer, lr = _resolve_optimizer(optimizer, learning_rate)
-    update = _make_update(net, loss, _check_grads_mode(grads), optimizer)
+    grads = _check_grads_mode(grads)
+    stateful = optimizer is not None
     if devices is not None:  # data parallel over a device mesh
         from fnn import parallel
 
         mesh = parallel.make_mesh(devices)
         update = _make_update(net, loss, grads, optimizer, axis_name=parallel.DATA_AXIS)
-        step = parallel.make_step(update, mesh, lr=lr, stateful=optimizer is not None)
+        step = parallel.make_step(update, mesh, lr=lr, stateful=stateful)
     else:
-        step = _jitted_step(update, lr, stateful=optimizer is not None)
-    return _with_label_check(step, loss, net.sizes[-1], y_index=3 if optimizer is not None else 2)
+        step = _jitted_step(_make_update(net, loss, grads, optimizer), lr, stateful=stateful)
+    return _with_label_check(step, loss, net.sizes[-1], y_index=3 if stateful else 2)
 
 
 def _jitted_step(update, lr, *, stateful: bool) -> Callable:
@@ -784,12 +785,6 @@ def _diverged(setup, net, params, opt_state, new_params, x, y, epoch_key, batch_
 
 # --- ensembles ------------------------------------------------------------------------------------------
 
-def _members_finite(stacked) -> Array:
-    """``(K,)`` booleans: every leaf of member ``k`` of a stacked pytree is finite."""
-    leaves = jax.tree_util.tree_leaves(stacked)
-    return jnp.stack([jnp.all(jnp.isfinite(t.reshape(t.shape[0], -1)), axis=1) for t in leaves]).all(axis=0)
-
-
 def _where_members(keep: Array, new, old):
     """Member ``k`` of ``new`` where ``keep[k]``, else of ``old`` (stacked pytrees)."""
     return jax.tree_util.tree_map(lambda a, b: jnp.where(keep.reshape(-1, *(1,) * (a.ndim - 1)), a, b), new, old)
@@ -869,7 +864,7 @@ def fit_ensemble(
     for e in range(epochs):
         new_params, new_state, step_losses = epoch_fn(params, opt_state, keys, lr, e)
         step_losses = np.asarray(step_losses)
-        finite = np.isfinite(step_losses).all(axis=1) & np.asarray(_members_finite(new_params))
+        finite = np.isfinite(step_losses).all(axis=1) & np.asarray(jax.vmap(_all_finite)(new_params))
         newly = alive & ~finite
         alive &= finite
         if alive.all():
