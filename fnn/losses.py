@@ -4,19 +4,19 @@ A :class:`Loss` record holds ``value(pred, y) -> scalar`` and ``grad(pred, y) ->
 shape ``(batch, n_out)``; ``y`` has the same shape (dense targets) or shape ``(batch,)`` of integer labels
 (sparse losses). Every loss is a **mean over the batch** ``N``; the exact formulas:
 
-================================  =========================================================  ==========================
-name                              L                                                          dL/dpred
-================================  =========================================================  ==========================
-mse                               (1/(N K)) Σ_n Σ_k (p - y)²       (mean over batch *and*    2 (p - y) / (N K)
+================================  ========================================================  ==========================
+name                              L                                                         dL/dpred
+================================  ========================================================  ==========================
+mse                               (1/(N K)) Σ_n Σ_k (p - y)²       (mean over batch *and*   2 (p - y) / (N K)
                                                                     outputs, no ½)
-quadratic                         (1/N) Σ_n ½ ‖p_n - y_n‖²          (the textbook cost)      (p - y) / N
-binary_cross_entropy              -(1/N) Σ_n Σ_k [y log p + (1-y) log(1-p)]                  (p - y) / (p (1-p) N)
-categorical_cross_entropy         -(1/N) Σ_n Σ_k y log p            (one-hot y)              -y / (p N)
-sparse_categorical_cross_entropy  -(1/N) Σ_n log p[n, y_n]          (integer y)              -onehot(y) / (p N)
-sigmoid_binary_cross_entropy      (1/N) Σ_n Σ_k [softplus(z) - z y]   (on logits z)          (sigmoid(z) - y) / N
-softmax_cross_entropy             -(1/N) Σ_n Σ_k y log_softmax(z)     (on logits z)          (softmax(z) Σ_k y - y) / N
-sparse_softmax_cross_entropy      -(1/N) Σ_n log_softmax(z)[n, y_n]   (on logits z)          (softmax(z) - onehot(y)) / N
-================================  =========================================================  ==========================
+quadratic                         (1/N) Σ_n ½ ‖p_n - y_n‖²          (the textbook cost)     (p - y) / N
+binary_cross_entropy              -(1/N) Σ_n Σ_k [y log p + (1-y) log(1-p)]                 (p - y) / (p (1-p) N)
+categorical_cross_entropy         -(1/N) Σ_n Σ_k y log p            (one-hot y)             -y / (p N)
+sparse_categorical_cross_entropy  -(1/N) Σ_n log p[n, y_n]          (integer y)             -onehot(y) / (p N)
+sigmoid_binary_cross_entropy      (1/N) Σ_n Σ_k [softplus(z) - z y]   (on logits z)         (sigmoid(z) - y) / N
+softmax_cross_entropy             -(1/N) Σ_n Σ_k y log_softmax(z)     (on logits z)         (softmax(z) Σ_k y - y) / N
+sparse_softmax_cross_entropy      -(1/N) Σ_n log_softmax(z)[n, y_n]   (on logits z)         (softmax(z) - onehot(y)) / N
+================================  ========================================================  ==========================
 
 Cross-entropies over probabilities clip ``p`` into ``[eps, 1 - eps]`` (``eps`` = the dtype's machine
 epsilon, as Keras does) so that ``p = 0`` gives a large finite loss, not ``inf``; their gradient is zero where
@@ -41,7 +41,7 @@ from fnn import activations as _act
 from fnn._registry import lookup
 from fnn._types import Array
 
-__all__ = ["Loss", "Fused", "get", "names", "register", "fused", "check_targets", "REGISTRY"]
+__all__ = ["Loss", "Fused", "get", "names", "register", "fused", "natural_output", "check_targets", "REGISTRY"]
 
 
 class Loss(NamedTuple):
@@ -247,6 +247,39 @@ def fused(activation: _act.Activation, loss: Loss) -> Fused | None:
     ``delta = (a - y) / N`` for one-hot ``y``) and sigmoid + binary_cross_entropy (``delta = (a - y) / N``).
     """
     return _FUSED.get((activation.name, loss.name))
+
+
+def natural_output(loss: str | Loss) -> str | None:
+    """The output activation a loss is naturally paired with, or None when any activation fits.
+
+    * ``"identity"`` for every loss on logits (sigmoid_binary_cross_entropy, softmax_cross_entropy,
+      sparse_softmax_cross_entropy): the output layer emits the logits;
+    * ``"sigmoid"`` for binary_cross_entropy;
+    * ``"softmax"`` for categorical_cross_entropy and sparse_categorical_cross_entropy;
+    * None for mse and quadratic (and any other loss on values): any output activation fits.
+
+    The cross-entropies over probabilities are paired with the activation :func:`fused` has a closed form
+    for, so a network built with this output gets the stable fused loss and delta.
+
+    Args:
+      loss: a loss name (aliases such as ``"bce"`` work) or a :class:`Loss` record.
+
+    Returns:
+      The activation name, or None.
+
+    Raises:
+      ValueError: for an unknown loss name.
+
+    Example:
+      >>> natural_output("sparse_categorical_cross_entropy")
+      'softmax'
+      >>> natural_output("mse") is None
+      True
+    """
+    loss = get(loss)
+    if loss.from_logits:
+        return "identity"
+    return next((act for act, name in _FUSED if name == loss.name), None)
 
 
 def check_label_range(loss: Loss, labels: np.ndarray, n_out: int) -> None:

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
+import fnn
+
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 settings.register_profile("fnn", deadline=None, max_examples=25, derandomize=True, print_blob=True)
@@ -33,17 +35,8 @@ def x64():
 
 # --- shared builders for the gradient tests (imported with ``from conftest import ...``) --------------------
 
-#: The output activation each loss is naturally paired with (mse and quadratic take any activation).
-NATURAL_OUTPUT = {
-    "sigmoid_binary_cross_entropy": "identity",
-    "softmax_cross_entropy": "identity",
-    "sparse_softmax_cross_entropy": "identity",
-    "binary_cross_entropy": "sigmoid",
-    "categorical_cross_entropy": "softmax",
-    "sparse_categorical_cross_entropy": "softmax",
-    "mse": None,
-    "quadratic": None,
-}
+#: The output activation each loss is naturally paired with (None: mse and quadratic take any activation).
+NATURAL_OUTPUT = {name: fnn.losses.natural_output(name) for name in fnn.losses.names()}
 
 
 def make_targets(loss, batch: int, n_out: int, rng: np.random.Generator, dtype):

@@ -313,3 +313,31 @@ def test_loss_records_flags():
     logits = {n for n in L.names() if L.get(n).from_logits}
     assert sparse == {"sparse_categorical_cross_entropy", "sparse_softmax_cross_entropy"}
     assert logits == {"sigmoid_binary_cross_entropy", "softmax_cross_entropy", "sparse_softmax_cross_entropy"}
+
+
+def test_natural_output_table():
+    """The documented pairing, written out here independently; aliases and records give the same answer."""
+    expected = {
+        "sigmoid_binary_cross_entropy": "identity",
+        "softmax_cross_entropy": "identity",
+        "sparse_softmax_cross_entropy": "identity",
+        "binary_cross_entropy": "sigmoid",
+        "categorical_cross_entropy": "softmax",
+        "sparse_categorical_cross_entropy": "softmax",
+        "mse": None,
+        "quadratic": None,
+    }
+    assert {name: L.natural_output(name) for name in L.names()} == expected
+    assert L.natural_output("bce") == "sigmoid" and L.natural_output("cce") == "softmax"
+    assert L.natural_output(L.sparse_softmax_cross_entropy) == "identity"
+    with pytest.raises(ValueError, match="quadratic"):
+        L.natural_output("quadratc")
+
+
+@pytest.mark.parametrize(
+    "name", ["binary_cross_entropy", "categorical_cross_entropy", "sparse_categorical_cross_entropy"]
+)
+def test_natural_output_of_a_probability_loss_is_its_fused_pair(name):
+    """A network with the natural output gets the closed-form loss and delta."""
+    loss = L.get(name)
+    assert L.fused(A.get(L.natural_output(name)), loss) is not None
