@@ -167,3 +167,36 @@ def test_taylor_order_fitted_in_the_asymptotic_regime(x64):
     assert np.polyfit(np.log(h), np.log(r), 1)[0] < 1.8  # a fit over all steps would fail correct gradients
     assert np.log(r[0] / r[1]) / np.log(h[0] / h[1]) < 1.2  # the pre-asymptotic step is really there
     assert result.ok and result.order == pytest.approx(2.0, abs=0.1)
+
+
+def test_finite_difference_grads_match_jax_grad(x64):
+    """float64: the central differences equal jax.grad of the objective to the truncation error ~eps²."""
+    from fnn.gradcheck import finite_difference_grads
+
+    net, params, x, y = make_case("tanh", "softmax", "categorical_cross_entropy", 4, 3, dtype=jnp.float64, seed=2)
+    fd = finite_difference_grads(net, params, x, y, "categorical_cross_entropy")
+    ref = jax.grad(fnn.objective(net, "cce"))(params, x, y)
+    assert jax.tree_util.tree_structure(fd) == jax.tree_util.tree_structure(params)
+    for got, want in zip(jax.tree_util.tree_leaves(fd), jax.tree_util.tree_leaves(ref), strict=True):
+        assert got.dtype == jnp.float64 and got.shape == want.shape
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-7, atol=1e-10)
+    # A step far too large leaves a visible truncation error: the comparison above can fail.
+    coarse = finite_difference_grads(net, params, x, y, "categorical_cross_entropy", eps=0.5)
+    err = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(coarse),
+                                                              jax.tree_util.tree_leaves(ref), strict=True))
+    assert err > 1e-4
+
+
+def test_finite_difference_grads_run_in_the_params_dtype():
+    """float32 params give float32 differences, close to the gradient only up to float32 rounding / eps."""
+    from fnn.gradcheck import finite_difference_grads
+
+    net, params, x, y = make_case("sigmoid", "identity", "mse", 4, 3, dtype=jnp.float32, seed=3)
+    fd = finite_difference_grads(net, params, x, y, "mse")
+    _, manual = fnn.backprop(net, params, x, y, "mse")
+    for got, want in zip(jax.tree_util.tree_leaves(fd), jax.tree_util.tree_leaves(manual), strict=True):
+        assert got.dtype == jnp.float32
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-2, atol=1e-4)
+    for bad in (0.0, -1e-3, float("inf"), True, "1e-3"):
+        with pytest.raises(ValueError, match="eps"):
+            finite_difference_grads(net, params, x, y, "mse", eps=bad)
