@@ -1,7 +1,8 @@
 """Training curves as a PNG: loss and accuracy per epoch from a :func:`fnn.fit` history.
 
-matplotlib is an optional extra (``pip install 'fnn[plot]'``); it is imported only when a plot is drawn, with
-the non-interactive Agg backend, so nothing here needs a display.
+matplotlib is an optional extra (``pip install 'fnn[plot]'``); it is imported only when a plot is drawn. The
+figure is a :class:`matplotlib.figure.Figure` built without pyplot and written straight to a PNG, so nothing here
+needs a display, and fnn never changes matplotlib's global backend (a notebook's inline plots keep working).
 """
 
 from __future__ import annotations
@@ -14,15 +15,13 @@ __all__ = ["plot_history", "MATPLOTLIB_HINT"]
 MATPLOTLIB_HINT = "matplotlib is not installed (pip install 'fnn[plot]')"
 
 
-def _pyplot():
+def _figure_class():
     try:
-        import matplotlib
+        import matplotlib  # noqa: F401  (first: a missing matplotlib fails here even if a submodule was loaded)
+        from matplotlib.figure import Figure
     except ImportError as e:
         raise ImportError(MATPLOTLIB_HINT) from e
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure
 
 
 def plot_history(history: dict, path: str | os.PathLike, *, title: str | None = None) -> Path:
@@ -47,10 +46,11 @@ def plot_history(history: dict, path: str | os.PathLike, *, title: str | None = 
         raise ValueError(
             f"plot_history: history['epoch'] has {len(epochs)} entries but history['train_loss'] has {len(train_loss)}."
         )
-    plt = _pyplot()
+    figure = _figure_class()
     test_loss = history.get("test_loss") or []
-    accuracy = [(e, a) for e, a in zip(epochs, history.get("test_accuracy") or []) if a is not None]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    accuracy = [(e, a) for e, a in zip(epochs, history.get("test_accuracy") or [], strict=False) if a is not None]
+    fig = figure(figsize=(10, 4), layout="constrained")  # no pyplot: no backend, nothing to close
+    ax_loss, ax_acc = fig.subplots(1, 2)
     marker = "o" if len(epochs) <= 30 else None
 
     ax_loss.plot(epochs, train_loss, marker=marker, markersize=3, label="train (mean over the epoch's steps)")
@@ -62,7 +62,7 @@ def plot_history(history: dict, path: str | os.PathLike, *, title: str | None = 
     ax_loss.legend()
 
     if accuracy:
-        xs, ys = zip(*accuracy)
+        xs, ys = zip(*accuracy, strict=True)
         best = max(range(len(ys)), key=ys.__getitem__)
         label = f"test (last {ys[-1]:.4f}, best {ys[best]:.4f} at epoch {xs[best]})"
         ax_acc.plot(xs, ys, marker=marker, markersize=3, color="tab:green", label=label)
@@ -87,5 +87,4 @@ def plot_history(history: dict, path: str | os.PathLike, *, title: str | None = 
         fig.suptitle(title)
     path = Path(path)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
