@@ -1,7 +1,7 @@
 """Execute the research notebooks and write their README figures to ``docs/figures/<notebook>.png``.
 
-Each notebook in ``examples/notebooks/`` has one cell tagged ``readme-figure`` (see
-``scripts/make_notebooks.py``); this script runs the notebook top to bottom headless (nbclient, an ipykernel
+Each notebook in ``examples/notebooks/`` has one cell tagged ``readme-figure`` (``# %% tags=["readme-figure"]``
+in its jupytext source ``NAME.py``); this script runs the notebook top to bottom headless (nbclient, an ipykernel
 kernel on this interpreter), so the figure is exactly what the notebook draws, and its assertions hold for it.
 Nothing is written back to the notebooks: they stay without stored outputs.
 
@@ -42,7 +42,8 @@ def kernel_manager(kernel_dir: Path) -> AsyncKernelManager:
 
 def run(path: Path, kernel_dir: Path, timeout: int = 600) -> nbformat.NotebookNode:
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, km=kernel_manager(kernel_dir), timeout=timeout, resources={"metadata": {"path": str(path.parent)}})
+    resources = {"metadata": {"path": str(path.parent)}}
+    client = NotebookClient(nb, km=kernel_manager(kernel_dir), timeout=timeout, resources=resources)
     client.execute()
     return nb
 
