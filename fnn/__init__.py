@@ -25,6 +25,7 @@ from fnn.network import Network, mlp
 from fnn.train import (
     DivergenceWarning,
     TrainingInterrupted,
+    epoch_order,
     evaluate,
     fit,
     fit_ensemble,
@@ -47,6 +48,7 @@ __all__ = [
     "checkpoint",
     "data",
     "digits",
+    "epoch_order",
     "evaluate",
     "fashion_mnist",
     "fit",

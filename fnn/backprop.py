@@ -26,7 +26,10 @@ from fnn import losses as _losses
 from fnn._types import Array, ArrayLike, Grads, Params
 from fnn.network import Network, check_input, check_params, forward
 
-__all__ = ["Trace", "backprop", "autodiff", "objective", "per_example_grads", "manual_apply", "manual_objective"]
+__all__ = [
+    "Trace", "backprop", "autodiff", "objective", "per_example_grads", "manual_apply", "manual_objective",
+    "loss_value",
+]
 
 
 class Trace(NamedTuple):
@@ -70,7 +73,12 @@ def _loss_and_output_delta(net: Network, loss: _losses.Loss, z: Array, a: Array,
     return loss.value(a, y), net.output.backward(z, a, loss.grad(a, y))
 
 
-def _loss_value(net: Network, loss: _losses.Loss, z: Array, a: Array, y: Array) -> Array:
+def loss_value(net: Network, loss: _losses.Loss, z: Array, a: Array, y: Array) -> Array:
+    """The loss :func:`backprop` reports, from the output layer's pre-activation ``z`` and activation ``a``.
+
+    A fused output/loss pair (softmax + cross-entropy, sigmoid + binary cross-entropy) is computed from ``z``
+    (log-sum-exp, log-sigmoid), so logits of ±1e4 give a finite value; any other pair from ``a``.
+    """
     closed = _losses.fused(net.output, loss)
     return closed.value(z, y) if closed is not None else loss.value(a, y)
 
@@ -149,7 +157,7 @@ def objective(net: Network, loss):
     def f(params: Params, x: ArrayLike, y: ArrayLike) -> Array:
         _, x2, y2 = _prepare(net, params, x, y, loss_rec)
         zs, outs = forward(net, params, x2)
-        return _loss_value(net, loss_rec, zs[-1], outs[-1], y2)
+        return loss_value(net, loss_rec, zs[-1], outs[-1], y2)
 
     return f
 

@@ -14,9 +14,10 @@ One training step on ``N`` devices (a 1-D :class:`jax.sharding.Mesh` whose axis 
 * every device applies the same (plain SGD or optax) update to its copy, so params stay replicated with no
   broadcast.
 
-An epoch is one ``shard_map`` around the whole ``lax.scan``: every device holds the (replicated) training
-set, draws the same permutation from the same key as the single-device epoch and gathers only its own
-``B / N`` rows of each batch, so a sharded :func:`fnn.fit` sees exactly the batches of an unsharded one.
+An epoch is one ``shard_map`` around the single-device epoch of :mod:`fnn._epoch` (the same step body and the
+same chunked gather): every device holds the (replicated) training set, draws the same permutation from the
+same key and gathers only its own ``B / N`` rows of each batch, a chunk of batches at a time, so a sharded
+:func:`fnn.fit` sees exactly the batches of an unsharded one.
 
 Several hosts: call :func:`initialize_distributed` before any JAX computation in every process; then
 ``jax.devices()`` lists the devices of all processes and a mesh over them spans the hosts. Each process
@@ -33,10 +34,10 @@ import os
 from collections.abc import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from fnn import _epoch, losses
 from fnn._types import Array, PyTree
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "local_batch_slice",
     "shard_batch",
     "replicate",
+    "make_update",
     "make_step",
     "make_epoch",
     "initialize_distributed",
@@ -221,12 +223,28 @@ _REPLICATED = PartitionSpec()
 _SPLIT = PartitionSpec(DATA_AXIS)
 
 
+def make_update(net, loss, grads: str = "manual", optimizer=None) -> Callable:
+    """The update a data-parallel step or epoch runs: the single-device update with its loss and grads
+    ``lax.pmean``-ed over ``"data"``.
+
+    Args:
+      net: the network.
+      loss: a loss name or record.
+      grads: ``"manual"`` or ``"autodiff"``.
+      optimizer: None (plain SGD, the learning rate passed at each call) or an optax transformation.
+
+    Returns:
+      ``update(params, opt_state, x, y, lr) -> (params, opt_state, loss, grads)``, to run inside ``shard_map``
+      over a mesh from :func:`make_mesh` (as :func:`make_step` and :func:`make_epoch` do).
+    """
+    return _epoch.make_update(net, losses.get(loss), grads, optimizer, axis_name=DATA_AXIS)
+
+
 def make_step(update: Callable, mesh: Mesh, *, lr, stateful: bool) -> Callable:
     """A data-parallel training step from an update that ``pmean``-s its grads over ``"data"``.
 
     Args:
-      update: ``update(params, opt_state, x, y, lr) -> (params, opt_state, loss, grads)`` built with
-        ``axis_name="data"`` (``fnn.train._make_update``), so it averages the shard losses and grads.
+      update: from :func:`make_update` (it averages the shard losses and grads).
       mesh: from :func:`make_mesh`.
       lr: the learning rate passed to ``update`` (None with an optax optimizer).
       stateful: True with an optimizer state.
@@ -262,29 +280,23 @@ def make_step(update: Callable, mesh: Mesh, *, lr, stateful: bool) -> Callable:
 def make_epoch(update: Callable, mesh: Mesh, n: int, batch_size: int, *, strict: bool, unroll: int) -> Callable:
     """``epoch(params, opt_state, x, y, key, lr) -> (params, opt_state, step_losses, layer_ok)``, data parallel.
 
-    The contract of the single-device epoch in :mod:`fnn.train` (same permutation from ``key``, last partial
-    batch dropped, ``layer_ok`` per step in strict mode else None), run as one ``shard_map`` around the
-    ``lax.scan``: device ``i`` gathers rows ``i·B/N … (i+1)·B/N`` of every permuted batch from its copy of the
-    training set, and ``update`` (built with ``axis_name="data"``) averages the grads across devices.
+    The single-device epoch of :mod:`fnn._epoch` (same permutation from ``key``, last partial batch dropped,
+    the same chunked gather and step body, ``layer_ok`` per step in strict mode else None), run as one
+    ``shard_map``: its ``rows`` hook makes device ``i`` gather only rows ``i·B/N … (i+1)·B/N`` of every permuted
+    batch from its copy of the training set, and ``update`` (from :func:`make_update`) averages the grads.
 
     Raises:
       ValueError: ``batch_size`` not divisible by the number of devices.
     """
-    from fnn.train import _epoch_permutation, _initial_carry, _step_body, _unpack
-
     num_devices = mesh.size
     per_device = check_batch_size(batch_size, mesh)
-    num_batches = n // batch_size
 
-    def local_epoch(params, opt_state, x, y, key, lr):
-        perm = _epoch_permutation(key, n, batch_size).reshape(num_batches, num_devices, per_device)
-        mine = jax.lax.dynamic_index_in_dim(perm, jax.lax.axis_index(DATA_AXIS), axis=1, keepdims=False)
-        xb = jnp.take(x, mine.reshape(-1), axis=0).reshape(num_batches, per_device, *x.shape[1:])
-        yb = jnp.take(y, mine.reshape(-1), axis=0).reshape(num_batches, per_device, *y.shape[1:])
-        body = _step_body(update, lr, strict=strict)  # the single-device epoch's step, grads averaged by update
-        carry, out = jax.lax.scan(body, _initial_carry(params, opt_state, strict), (xb, yb), unroll=unroll)
-        return _unpack(carry, out, strict)
+    def mine(idx):  # (k, B) indices of k batches -> (k, B / N): this device's share of each
+        idx = idx.reshape(idx.shape[0], num_devices, per_device)
+        return jax.lax.dynamic_index_in_dim(idx, jax.lax.axis_index(DATA_AXIS), axis=1, keepdims=False)
 
+    local_epoch = _epoch.make_epoch(update, n, batch_size, strict=strict, unroll=unroll, rows=mine,
+                                    local_batch=per_device)
     compiled = jax.jit(jax.shard_map(local_epoch, mesh=mesh, in_specs=_REPLICATED, out_specs=_REPLICATED))
 
     def epoch(params, opt_state, x, y, key, lr):

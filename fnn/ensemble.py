@@ -1,0 +1,179 @@
+"""Ensembles: K networks trained at once, ``jax.vmap`` of the very epoch program ``fit`` runs."""
+
+from __future__ import annotations
+
+import functools
+import time
+import warnings
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fnn import divergence
+from fnn._checks import check_data, check_fit_args, positive_number
+from fnn._epoch import all_finite
+from fnn._history import new_history, progress_bar, record_epoch, show_epoch
+from fnn._program import program
+from fnn._types import Array, ArrayLike, Params, PRNGKey
+from fnn.divergence import DivergenceWarning
+from fnn.evaluation import evaluate_checked
+from fnn.network import Network, check_params
+
+__all__ = ["fit_ensemble"]
+
+
+def _where_members(keep: Array, new, old):
+    """Member ``k`` of ``new`` where ``keep[k]``, else of ``old`` (stacked pytrees)."""
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(keep.reshape(-1, *(1,) * (a.ndim - 1)), a, b), new, old)
+
+
+@functools.lru_cache(maxsize=32)
+def _member_epochs(epoch: Callable, stateful: bool):
+    """``jax.jit(jax.vmap(epoch))`` over members: params, optimizer state (when ``stateful``), epoch key and
+    learning rate are per member; the training set is shared."""
+    state_axes = 0 if stateful else None
+
+    def member_epoch(p, s, x, y, key, lr):
+        return epoch(p, s, x, y, key, None if stateful else lr)
+
+    return jax.jit(jax.vmap(member_epoch, in_axes=(0, state_axes, None, None, 0, 0),
+                            out_axes=(0, state_axes, 0, 0)))
+
+
+def _check_stacked(net: Network, params) -> int:
+    """The member count K of stacked params (a leading axis on every leaf), validated against ``net``."""
+    if not isinstance(params, (list, tuple)) or not params or not isinstance(params[0], dict) \
+            or jnp.ndim(params[0].get("w")) != 3:
+        got = jnp.shape(params[0].get("w")) if isinstance(params, (list, tuple)) and params \
+            and isinstance(params[0], dict) else type(params).__name__
+        raise ValueError(
+            f"fit_ensemble expects stacked params with a leading member axis, e.g. jax.vmap(net.init)(keys): "
+            f"layer 0's w of shape (K, {net.sizes[0]}, {net.sizes[1]}), got {got}."
+        )
+    k = jax.tree_util.tree_leaves(params)[0].shape[0]
+    check_params(net, jax.tree_util.tree_map(lambda t: t[0], params))
+    return k
+
+
+def _member_rates(learning_rate, k: int, dtype, optimizer) -> Array:
+    try:
+        lr = jnp.asarray(learning_rate, dtype=dtype)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"learning_rate must be a positive number or one per member, got {learning_rate!r}.") from e
+    if lr.ndim == 0:
+        lr = jnp.full((k,), lr)
+    if lr.shape != (k,):
+        raise ValueError(f"learning_rate must be a scalar or have one entry per member ({k}), got shape {lr.shape}.")
+    if optimizer is not None and not bool(jnp.all(lr == lr[0])):
+        raise ValueError("Per-member learning rates need plain SGD (optimizer=None); an optax optimizer is shared.")
+    if not bool(jnp.all(lr > 0)):
+        raise ValueError(f"learning_rate must be positive for every member, got {np.asarray(lr).tolist()}.")
+    return lr
+
+
+def fit_ensemble(
+    net: Network,
+    params: Params,
+    train: tuple[ArrayLike, ArrayLike],
+    test: tuple[ArrayLike, ArrayLike] | None = None,
+    *,
+    loss,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float | Sequence[float] | ArrayLike = 0.1,
+    optimizer: str | optax.GradientTransformation | None = None,
+    grads: str = "manual",
+    keys: PRNGKey,
+    progress: bool = False,
+    strict: bool = False,
+    eval_batch_size: int = 4096,
+    unroll: int = 1,
+    callback: Callable[[int, dict], None] | None = None,
+) -> tuple[Params, dict]:
+    """Train K networks at once: ``jax.vmap`` of the compiled epoch :func:`fnn.fit` runs.
+
+    Member ``k`` starts from ``params[k]`` (stacked params, e.g. ``jax.vmap(net.init)(init_keys)``), shuffles
+    with ``keys[k]`` (epoch ``e`` with ``fold_in(keys[k], e)``, as ``fit``) and uses ``learning_rate[k]`` (or a
+    shared scalar); the result equals training each member alone with :func:`fit` and the same key. Per-member
+    learning rates need plain SGD (``optimizer=None``); an optax optimizer is shared by all members (its state
+    is vmapped). Evaluation is ``fit``'s, chunked and vmapped over the members.
+
+    Args:
+      net, params: the network and the stacked initial params (a leading member axis on every leaf).
+      train, test, loss, epochs, batch_size, optimizer, grads, unroll, eval_batch_size: as in :func:`fnn.fit`.
+      learning_rate: a scalar or one per member.
+      keys: ``(K,)`` PRNG keys, one per member.
+      progress: a tqdm progress bar over epochs (showing member 0's loss and accuracy).
+      strict: ``fit``'s strict mode per member: a step that goes non-finite freezes that member at its last
+        finite params inside the compiled epoch.
+      callback: ``callback(epoch, history)`` after every epoch.
+
+    Returns:
+      ``(stacked params, history)``: ``history`` has ``fit``'s per-epoch lists (``epoch``, ``epoch_time``, and
+      ``train_loss``, ``test_loss``, ``test_accuracy`` as length-K lists per epoch; ``test_accuracy`` is None
+      for regression, as in ``fit``). A member whose loss or params go non-finite is frozen (at its params from
+      the end of the previous epoch, or with ``strict`` at its last finite step), its later ``train_loss``
+      entries are NaN, a :class:`~fnn.divergence.DivergenceWarning` names it, and ``history["diverged"][k]``
+      holds its ``epoch`` and ``message``; the other members are unaffected.
+
+    Raises:
+      ValueError / TypeError: unstacked params, one key or learning rate too few, bad data or hyper-parameters.
+    """
+    k = _check_stacked(net, params)
+    member0 = jax.tree_util.tree_map(lambda t: t[0], params)
+    loss_rec, x, y, test_xy = check_data(net, member0, loss, train, test)
+    epochs, batch_size = check_fit_args(x, batch_size, epochs)
+    eval_batch_size = positive_number("eval_batch_size", eval_batch_size, integer=True)
+    unroll = positive_number("unroll", unroll, integer=True)
+    lr = _member_rates(learning_rate, k, jax.tree_util.tree_leaves(params)[0].dtype, optimizer)
+    keys = jnp.asarray(keys)
+    if keys.shape[:1] != (k,):
+        raise ValueError(f"keys must hold one PRNG key per member ({k}), got shape {keys.shape}.")
+    prog = program(net, loss_rec, grads, optimizer, float(lr[0]), x.shape[0], batch_size, strict=strict,
+                   unroll=unroll)
+    stateful = prog.optimizer is not None
+    opt_state = jax.vmap(prog.optimizer.init)(params) if stateful else ()
+    epoch_fn = _member_epochs(prog.epoch, stateful)
+    history = new_history(with_test=test is not None)
+    alive = np.ones(k, bool)  # members that have not diverged
+    bar = progress_bar(progress, total=epochs, desc="fit_ensemble")
+    try:
+        for e in range(epochs):
+            t0 = time.perf_counter()
+            epoch_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, e)
+            new_params, new_state, step_losses, layer_ok = epoch_fn(params, opt_state, x, y, epoch_keys, lr)
+            step_losses = np.asarray(step_losses)
+            finite = np.isfinite(step_losses).all(axis=1) & np.asarray(jax.vmap(all_finite)(new_params))
+            newly = alive & ~finite
+            # Strict: a newly diverged member keeps the last finite step the scan froze it at; else its params
+            # from the end of the previous epoch. Members that diverged earlier stay frozen.
+            keep = jnp.asarray(alive if strict else alive & finite)
+            params, opt_state = _where_members(keep, new_params, params), _where_members(keep, new_state, opt_state)
+            alive &= finite
+            for m in np.flatnonzero(newly).tolist():
+                _warn_member(history, m, float(lr[m]), e + 1,
+                             None if layer_ok is None else divergence.locate(step_losses[m], layer_ok[m]))
+            epoch_time = time.perf_counter() - t0
+            test_metrics = None if test_xy is None else evaluate_checked(net, loss_rec, params, *test_xy,
+                                                                         batch_size=eval_batch_size, stacked=True)
+            record_epoch(history, e + 1, np.where(alive, step_losses.mean(axis=1), np.nan).tolist(), epoch_time,
+                         test_metrics)
+            show_epoch(bar, history)
+            if callback is not None:
+                callback(e + 1, history)
+    finally:
+        if bar is not None:
+            bar.close()
+    return params, history
+
+
+def _warn_member(history: dict, member: int, lr: float, epoch: int, where) -> None:
+    kept = (f"its params from the end of epoch {epoch - 1}" if where is None
+            else f"its last finite params (step {where[0]} of epoch {epoch})")
+    message = (f"Ensemble member {member} (learning rate {lr:g}) diverged in epoch {epoch}: a non-finite loss or "
+               f"param. Keeping {kept}; the other members train on. Try a smaller learning rate for it.")
+    history.setdefault("diverged", {})[member] = {"epoch": epoch, "message": message}
+    warnings.warn(message, DivergenceWarning, stacklevel=3)

@@ -1,0 +1,77 @@
+"""Optimizers by name: ``"sgd"``, ``"momentum"`` and ``"adam"`` as optax transformations, and how fit resolves them."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fnn._checks import positive_number
+from fnn._registry import unknown_name
+
+__all__ = ["OPTIMIZERS", "make_optimizer", "resolve_optimizer"]
+
+OPTIMIZERS = ("sgd", "momentum", "adam")
+
+
+def make_optimizer(name: str, learning_rate: float, *, momentum: float = 0.9) -> optax.GradientTransformation:
+    """An optax optimizer by name: ``"sgd"``, ``"momentum"`` (SGD with momentum 0.9) or ``"adam"``.
+
+    ``"adam"`` keeps its state and arithmetic in float32 for float16/bfloat16 params (a no-op for float32/64):
+    adam's ``g²`` underflows float16 below ``|g| ≈ 2e-4`` and its ``eps = 1e-8`` rounds to 0 there, so a zero
+    gradient would give ``0 / 0 = NaN`` at the first step.
+
+    Raises:
+      ValueError: unknown name (lists the valid ones) or a non-positive learning rate.
+    """
+    learning_rate = positive_number("learning_rate", learning_rate)
+    if name == "sgd":
+        return optax.sgd(learning_rate)
+    if name == "momentum":
+        return optax.sgd(learning_rate, momentum=momentum)
+    if name == "adam":
+        return _state_in_float32(optax.adam(learning_rate))
+    raise unknown_name("optimizer", name, list(OPTIMIZERS))
+
+
+def _state_in_float32(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """Run ``inner`` on float16/bfloat16 params with float32 state and arithmetic (a no-op for float32/64)."""
+    up = lambda t: t.astype(jnp.promote_types(t.dtype, jnp.float32))
+
+    def update(grads, state, params=None):
+        params = None if params is None else jax.tree_util.tree_map(up, params)
+        updates, state = inner.update(jax.tree_util.tree_map(up, grads), state, params)
+        return jax.tree_util.tree_map(lambda u, g: u.astype(g.dtype), updates, grads), state
+
+    return optax.GradientTransformation(lambda params: inner.init(jax.tree_util.tree_map(up, params)), update)
+
+
+@functools.lru_cache(maxsize=64)
+def _named_optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
+    """:func:`make_optimizer`, one object per ``(name, learning_rate)`` so compiled programs can be reused."""
+    return make_optimizer(name, learning_rate)
+
+
+def resolve_optimizer(optimizer, learning_rate) -> tuple[optax.GradientTransformation | None, float | None]:
+    """``(optax transformation or None, learning rate for plain SGD or None)`` from fit's two arguments.
+
+    ``optimizer=None`` is plain SGD with ``learning_rate``; a name builds that optimizer with ``learning_rate``
+    baked in (the same object for the same pair, so compiled epochs are reused); an optax transformation is
+    used as it is.
+
+    Raises:
+      ValueError: a non-positive learning rate or an unknown name.
+      TypeError: an optimizer of another type.
+    """
+    if optimizer is None:
+        return None, positive_number("learning_rate", learning_rate)
+    if isinstance(optimizer, str):
+        return _named_optimizer(optimizer, positive_number("learning_rate", learning_rate)), None
+    if isinstance(optimizer, optax.GradientTransformation):
+        return optimizer, None
+    raise TypeError(
+        f"optimizer must be None (plain SGD), one of {list(OPTIMIZERS)} or an optax.GradientTransformation, "
+        f"got {type(optimizer).__name__}."
+    )
