@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Where is training overhead-bound and where GEMM-bound? fnn's throughput against batch size and width.
+"""Throughput sweep: where is fnn's training overhead-bound and where GEMM-bound, against batch size and width.
 
-    python scripts/bench_sweep.py                     # writes docs/bench_sweep.png and docs/bench_sweep.json
-    python scripts/bench_sweep.py --quick             # a few points, for a smoke run
+    python benchmarks/bench_sweep.py                  # writes docs/bench_sweep.png and docs/bench_sweep.json
+    python benchmarks/bench_sweep.py --quick          # a few points, for a smoke run
 
-Each point is fit's compiled epoch (hand-written backprop, plain SGD, softmax cross-entropy) on synthetic
-MNIST-shaped data, median of the timed epochs after a warm-up. Two sweeps:
+Each point is ``fnn.fit`` (hand-written backprop, plain SGD, softmax cross-entropy; one ``epochs=1`` call per
+epoch, as the benchmark's fnn rows: :mod:`benchmarks.fnn_rows`) on synthetic MNIST-shaped data, the median of
+fit's ``epoch_time`` over the epochs after a warm-up. Two sweeps:
 
 * batch size 1 … 1024 for the small net [784, 30, 10] (sigmoid) and the wide net [784, 1024, 1024, 10] (ReLU);
 * width W = 256 … 4096 of [784, W, W, 10] (ReLU) at batch 256 and at batch 16.
@@ -22,46 +23,43 @@ import argparse
 import json
 import os
 import sys
-import time
 
-import numpy as np
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+if __name__ == "__main__" and not __package__:  # run as a file: import this checkout's `benchmarks`
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
-from fnn import bench  # noqa: E402
+from benchmarks import workload  # noqa: E402
+from benchmarks.fnn_rows import FnnRow  # noqa: E402
+from benchmarks.machine import Gemm  # noqa: E402
 
 SMALL = ((784, 30, 10), "sigmoid")
 WIDE = ((784, 1024, 1024, 10), "relu")
 
 
 def _n_params(sizes):
-    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
 
 
 def measure(sizes, hidden, batch_size, *, gemm_rate, t0=20e-6, seconds=1.0, epochs=3, max_n=60_000, seed=0):
     """Samples/s of fit's epoch (median of ``epochs - 1`` timed epochs), with about ``seconds`` per epoch."""
     est_step = t0 + 6 * _n_params(sizes) * batch_size / gemm_rate
     steps = int(np.clip(seconds / est_step, 4, max_n // batch_size))
-    config = bench.Config(f"{list(sizes)}/{batch_size}", tuple(sizes), hidden, batch_size, 0.01,
-                          n=steps * batch_size, epochs=epochs)
-    x, y = bench.synthetic_mnist(config.n, seed=seed)
-    row = bench._FnnRow("fnn", config, bench._initial_params(config, seed), x, y, seed=seed)
-    compile_s = row.compile()
-    times = []
-    for e in range(epochs):
-        t = time.perf_counter()
-        row.epoch(e)
-        times.append(time.perf_counter() - t)
+    config = workload.Config(f"{list(sizes)}/{batch_size}", tuple(sizes), hidden, batch_size, 0.01,
+                             n=steps * batch_size, epochs=epochs)
+    x, y = (jnp.asarray(a) for a in workload.synthetic_mnist(config.n, seed=seed))
+    row = FnnRow("fnn", config, workload.initial_params(config, seed), x, y, seed=seed)
+    times = [row.epoch(e) for e in range(epochs)]  # fit's epoch_time; the first call compiles
     epoch_s = float(np.median(times[1:]))
     return {"sizes": list(sizes), "hidden": hidden, "batch_size": batch_size, "steps": steps,
             "n_params": _n_params(sizes), "samples_per_s": config.samples / epoch_s,
-            "step_us": epoch_s / steps * 1e6, "compile_s": compile_s}
+            "step_us": epoch_s / steps * 1e6, "compile_s": row.compile_s}
 
 
 def gemm_rate(size=2048, reps=5):
-    g = bench._Gemm(size, torch_ok=False)
+    g = Gemm(size, torch_ok=False)
     return float(np.median([g.measure() for _ in range(reps)]))
 
 
@@ -73,7 +71,8 @@ def plot(result, path):
 
     rate, t0 = result["gemm_rate"], result["t0"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
-    for key, label, color in (("batch_small", "small [784, 30, 10]", "C0"), ("batch_wide", "wide [784, 1024, 1024, 10]", "C1")):
+    curves = (("batch_small", "small [784, 30, 10]", "C0"), ("batch_wide", "wide [784, 1024, 1024, 10]", "C1"))
+    for key, label, color in curves:
         pts = result[key]
         b = np.array([p["batch_size"] for p in pts])
         s = np.array([p["samples_per_s"] for p in pts])
@@ -99,7 +98,8 @@ def plot(result, path):
         bsz = pts[0]["batch_size"]
         ax2.loglog(w, s, "o-", color=color, label=f"fnn, batch {bsz}")
         roof = np.array([rate / (6 * p["n_params"]) for p in pts])
-        ax2.loglog(w, roof, "--", color="gray", lw=1, label="GEMM roofline R / (6·n_params)" if key == "width_256" else None)
+        roof_label = "GEMM roofline R / (6·n_params)" if key == "width_256" else None
+        ax2.loglog(w, roof, "--", color="gray", lw=1, label=roof_label)
         ax2.loglog(w, np.full(w.shape, bsz / t0), ":", color=color, lw=1, label=f"overhead bound, batch {bsz}")
         model = np.array([bsz / (t0 + 6 * p["n_params"] * bsz / rate) for p in pts])
         ax2.loglog(w, model, "-", color=color, lw=3, alpha=0.2, label=f"model, batch {bsz}")
