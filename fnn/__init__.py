@@ -20,7 +20,7 @@ from fnn.data import (
     standardize,
     train_test_split,
 )
-from fnn.gradcheck import GradcheckReport, gradcheck, taylor_test
+from fnn.gradcheck import GradcheckReport, finite_difference_grads, gradcheck, taylor_test
 from fnn.network import Network, mlp
 from fnn.train import (
     DivergenceWarning,
@@ -51,6 +51,7 @@ __all__ = [
     "epoch_order",
     "evaluate",
     "fashion_mnist",
+    "finite_difference_grads",
     "fit",
     "fit_ensemble",
     "gradcheck",

@@ -39,15 +39,12 @@ def program(net, loss, grads, optimizer, learning_rate, n, batch_size, *, strict
     loss = _losses.get(loss)
     optimizer, lr = resolve_optimizer(optimizer, learning_rate)
     grads = check_grads_mode(grads)
-    if mesh is not None:
-        update = parallel.make_update(net, loss, grads, optimizer)
-        epoch = parallel.make_epoch(update, mesh, n, batch_size, strict=strict, unroll=unroll)
-        return Program(loss, optimizer, lr, update, epoch)
-    args = (net, loss, grads, optimizer, n, batch_size, strict, unroll)
+    build = _cached_programs if mesh is None else _cached_parallel_programs
+    args = (net, loss, grads, optimizer, n, batch_size, strict, unroll) + (() if mesh is None else (mesh,))
     try:
-        update, epoch = _cached_programs(*args)
+        update, epoch = build(*args)
     except TypeError:  # an unhashable optax transformation: build the programs uncached
-        update, epoch = _cached_programs.__wrapped__(*args)
+        update, epoch = build.__wrapped__(*args)
     return Program(loss, optimizer, lr, update, epoch)
 
 
@@ -55,3 +52,9 @@ def program(net, loss, grads, optimizer, learning_rate, n, batch_size, *, strict
 def _cached_programs(net, loss, grads, optimizer, n, batch_size, strict, unroll):
     update = _epoch.make_update(net, loss, grads, optimizer)
     return update, _epoch.make_epoch(update, n, batch_size, strict=strict, unroll=unroll)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_parallel_programs(net, loss, grads, optimizer, n, batch_size, strict, unroll, mesh):
+    update = parallel.make_update(net, loss, grads, optimizer)
+    return update, parallel.make_epoch(update, mesh, n, batch_size, strict=strict, unroll=unroll)

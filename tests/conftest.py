@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,7 +56,7 @@ def random_params(net, rng: np.random.Generator):
     """Glorot-normal weights and nonzero biases from NumPy's RNG (tests that are not about ``net.init`` avoid
     compiling JAX's threefry sampler for every fresh shape: that compile costs more than the test itself)."""
     params = []
-    for n_in, n_out in zip(net.sizes[:-1], net.sizes[1:]):
+    for n_in, n_out in zip(net.sizes[:-1], net.sizes[1:], strict=True):
         layer = {"w": jnp.asarray(rng.normal(size=(n_in, n_out)) * np.sqrt(2 / (n_in + n_out)), net.dtype)}
         if net.bias:
             layer["b"] = jnp.asarray(0.3 * rng.normal(size=n_out), net.dtype)
@@ -76,3 +77,85 @@ def make_case(hidden, output, loss, depth: int, batch: int, *, dtype, seed: int 
     x = jnp.asarray(x_scale * rng.normal(size=(batch, n_in)), dtype)
     y = make_targets(loss, batch, n_out, rng, dtype)
     return net, params, x, y
+
+
+# --- shared builders for the training tests ---------------------------------------------------------------
+
+SPARSE_CE = "sparse_categorical_cross_entropy"
+
+
+@pytest.fixture
+def float64():
+    """Run the test with float64 enabled (the same as ``x64``, named as the training tests use it)."""
+    with jax.enable_x64(True):
+        yield
+
+
+def blobs(n, n_in=4, n_out=3, seed=0):
+    """Gaussian blobs: float64 numpy ``x (n, n_in)`` and int32 labels ``y (n,)``."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, n_out, n).astype(np.int32)
+    centers = rng.normal(size=(n_out, n_in)) * 1.5
+    return centers[y] + rng.normal(size=(n, n_in)), y
+
+
+def classifier():
+    return fnn.mlp([4, 6, 3], hidden="tanh", output="softmax")
+
+
+def scaled_params(net, seed=0):
+    """Random params built with numpy (no PRNG program to compile), non-zero biases, in the net's dtype."""
+    rng = np.random.default_rng(seed)
+    return [{"w": jnp.asarray(rng.normal(size=(a, b)) / np.sqrt(a), net.dtype),
+             "b": jnp.asarray(rng.normal(size=(b,)) * 0.1, net.dtype)}
+            for a, b in zip(net.sizes[:-1], net.sizes[1:], strict=True)]
+
+
+def leaves(tree):
+    return [np.asarray(t) for t in jax.tree_util.tree_leaves(tree)]
+
+
+def assert_tree_equal(a, b):
+    """Bit-identical pytrees: the same structure, shapes and dtypes, and equal values (NaN equal to NaN)."""
+    chex.assert_trees_all_equal_structs(a, b)
+    chex.assert_trees_all_equal_dtypes(a, b)
+    chex.assert_trees_all_equal(a, b, strict=True)
+
+
+def assert_tree_close(a, b, rtol, atol):
+    chex.assert_trees_all_close(a, b, rtol=rtol, atol=atol)
+
+
+def tree_finite(tree):
+    return all(np.isfinite(t).all() for t in leaves(tree))
+
+
+def without_time(history):
+    return {k: v for k, v in history.items() if k != "epoch_time"}
+
+
+def member(stacked, k):
+    return jax.tree_util.tree_map(lambda t: t[k], stacked)
+
+
+def fit_batches(key, epoch, n, batch_size):
+    """fit's shuffle, written out: sort the indices by two 32-bit words of jax.random.bits(fold_in(key, epoch)),
+    keep n // b * b indices, cut into batches."""
+    words = np.asarray(jax.random.bits(jax.random.fold_in(key, epoch), (2, n), jnp.uint32))
+    perm = np.lexsort((np.arange(n), words[1], words[0]))  # last key is the primary one
+    num = n // batch_size
+    return perm[: num * batch_size].reshape(num, batch_size)
+
+
+def reference_softmax_ce(params, x, y):
+    """An independent pure-JAX objective for tanh hidden layers + softmax + sparse CE (mean over the batch)."""
+    a = jnp.asarray(x)
+    for layer in params[:-1]:
+        a = jnp.tanh(a @ layer["w"] + layer["b"][None, :])
+    z = a @ params[-1]["w"] + params[-1]["b"][None, :]
+    return -jnp.mean(jax.nn.log_softmax(z)[jnp.arange(z.shape[0]), jnp.asarray(y)])
+
+
+# The references run jitted: op-by-op dispatch compiles every small op separately, which is slow on a small CPU.
+reference_value_and_grad = jax.jit(jax.value_and_grad(reference_softmax_ce))
+reference_loss = jax.jit(reference_softmax_ce)

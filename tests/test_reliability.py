@@ -83,6 +83,7 @@ LOSS_PATH = {
     "per_example_grads": lambda p, x, y, loss: fnn.per_example_grads(NET, p, x, y, loss),
     "gradcheck": lambda p, x, y, loss: fnn.gradcheck(NET, p, x, y, loss, num_checks=4, taylor=False),
     "taylor_test": lambda p, x, y, loss: fnn.taylor_test(NET, p, x, y, loss),
+    "finite_difference_grads": lambda p, x, y, loss: fnn.finite_difference_grads(NET, p, x, y, loss),
     "objective": lambda p, x, y, loss: fnn.objective(NET, loss)(p, x, y),
     "manual_objective": lambda p, x, y, loss: fnn.manual_objective(NET, loss)(p, x, y),
     "sgd_step": lambda p, x, y, loss: fnn.sgd_step(NET, loss, learning_rate=0.1)(p, x, y),
