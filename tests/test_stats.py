@@ -1,10 +1,9 @@
-"""fnn.stats against independent NumPy computations (np.cov, explicit loops), plus fnn end-to-end identities."""
+"""Tests for fnn/stats.py (the statistics, defined in fnn/_stats.py) against independent NumPy computations
+(np.cov, explicit loops), plus fnn end-to-end identities. The plots are tested in tests/test_stats_plots.py."""
 
 from __future__ import annotations
 
-import io
-import sys
-
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +11,6 @@ import pytest
 
 import fnn
 from fnn import stats
-from fnn.gradcheck import LeafCheck
 
 SHAPES = [{"w": (4, 3), "b": (3,)}, {"w": (3, 2), "b": (2,)}]
 
@@ -50,15 +48,12 @@ def test_example_norms():
 def test_mean_and_variance_leafwise():
     g = random_per_example(shift=0.3)
     mean = stats.mean_gradient(g)
-    var1 = stats.gradient_variance(g)
-    var0 = stats.gradient_variance(g, ddof=0)
-    for l, layer in enumerate(SHAPES):
-        for k, shape in layer.items():
-            x = g[l][k]
-            assert mean[l][k].shape == shape and var1[l][k].shape == shape
-            np.testing.assert_allclose(mean[l][k], x.sum(axis=0) / 7, rtol=1e-13)
-            np.testing.assert_allclose(var1[l][k], ((x - x.mean(0)) ** 2).sum(0) / 6, rtol=1e-12)
-            np.testing.assert_allclose(var0[l][k], ((x - x.mean(0)) ** 2).sum(0) / 7, rtol=1e-12)
+    chex.assert_trees_all_equal_shapes(mean, [{k: np.zeros(s) for k, s in layer.items()} for layer in SHAPES])
+    chex.assert_trees_all_close(mean, jax.tree_util.tree_map(lambda x: x.sum(axis=0) / 7, g), rtol=1e-13)
+    for ddof in (0, 1):
+        want = jax.tree_util.tree_map(lambda x, d=ddof: ((x - x.mean(0)) ** 2).sum(0) / (7 - d), g)
+        chex.assert_trees_all_close(stats.gradient_variance(g, ddof=ddof), want, rtol=1e-12)
+    chex.assert_trees_all_close(stats.gradient_variance(g), stats.gradient_variance(g, ddof=1), rtol=0)
 
 
 @pytest.mark.parametrize("ddof", [0, 1])
@@ -73,9 +68,8 @@ def test_snr_matches_trace_of_numpy_covariance(ddof):
         np.testing.assert_allclose(snr[l], want, rtol=1e-12)
     m = all_matrix(g)
     mu = m.mean(axis=0)
-    np.testing.assert_allclose(
-        stats.gradient_snr(g, ddof=ddof, per="total"), (mu @ mu) / np.trace(np.cov(m, rowvar=False, ddof=ddof)), rtol=1e-12
-    )
+    want = (mu @ mu) / np.trace(np.cov(m, rowvar=False, ddof=ddof))
+    np.testing.assert_allclose(stats.gradient_snr(g, ddof=ddof, per="total"), want, rtol=1e-12)
 
 
 def test_snr_debias():
@@ -155,8 +149,7 @@ def test_fnn_per_example_grads_end_to_end(x64):
     per_example = fnn.per_example_grads(net, params, x, y, loss)
     _, grads = fnn.backprop(net, params, x, y, loss)
     mean = stats.mean_gradient(per_example)
-    for got, want in zip(jax.tree_util.tree_leaves(mean), jax.tree_util.tree_leaves(grads)):
-        np.testing.assert_allclose(got, np.asarray(want), rtol=1e-12, atol=1e-15)
+    chex.assert_trees_all_close(mean, grads, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(stats.cosine_similarity(mean, grads), [1.0, 1.0], rtol=1e-12)
     norms = stats.example_norms(per_example)
     for n in (0, 7):
@@ -253,61 +246,3 @@ def test_validation_errors():
         stats.delta_spread([np.ones((2, 3)), np.ones((3, 3))])
     with pytest.raises(TypeError, match="GradcheckReport"):
         stats.gradcheck_table("report")
-
-
-# --- plotting ------------------------------------------------------------------------------------------------
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=40)
-    return buf.getvalue()
-
-
-def test_plots_draw_without_pyplot():
-    pytest.importorskip("matplotlib")
-    from matplotlib.figure import Figure
-
-    g = random_per_example()
-    for fig in [
-        stats.plot_gradient_stats(g, labels=["a", "b"], title="t"),
-        stats.plot_gradient_stats(stats.gradient_stats(g)),
-        stats.plot_error_heatmap(np.array([[1e-7, 0.0], [np.nan, 0.5]]), ["r0", "r1"], ["c0", "c1"], title="e"),
-        stats.plot_layer_curves(np.arange(4), np.random.default_rng(0).random((4, 2)) + 0.1,
-                                band=(np.full((4, 2), 0.05), np.full((4, 2), 2.0))),
-    ]:
-        assert isinstance(fig, Figure)
-        assert _png(fig).startswith(b"\x89PNG")
-    # a report's rows, one of them failing (outlined in red)
-    rows = [LeafCheck(0, leaf, shape, pair, 1e-9, rel, 1.0, 1e-6, 4)
-            for leaf, shape in [("b", (2,)), ("w", (3, 2))]
-            for pair, rel in [("manual~autodiff", 0.0), ("manual~fd", 1e-9 if leaf == "w" else 0.5), ("autodiff~fd", 1e-9)]]
-    fig = stats.plot_gradcheck(rows, title="rows")
-    ax = fig.axes[0]
-    assert ax.images[0].get_array().shape == (2, 3)  # (layer.leaf) × (method pair)
-    red = [p for p in ax.patches if p.get_edgecolor()[:3] == (1.0, 0.0, 0.0)]
-    assert [(p.get_x(), p.get_y()) for p in red] == [(0.5, -0.5)]  # row 0.b, column manual~fd
-    assert _png(fig).startswith(b"\x89PNG")
-    # drawing onto caller-provided axes returns the caller's figure
-    own = Figure()
-    assert stats.plot_error_heatmap(np.ones((2, 2)), "ab", "cd", ax=own.add_subplot(), colorbar=False) is own
-
-
-def test_plot_validation():
-    pytest.importorskip("matplotlib")
-    with pytest.raises(ValueError, match="Shape mismatch"):
-        stats.plot_error_heatmap(np.ones((2, 3)), ["a", "b"], ["c", "d"])
-    with pytest.raises(ValueError, match="2-D"):
-        stats.plot_error_heatmap(np.ones(3), ["a"], ["b"])
-    with pytest.raises(ValueError, match="labels for 2 layers"):
-        stats.plot_gradient_stats(random_per_example(), labels=["only one"])
-    with pytest.raises(ValueError, match="Shape mismatch"):
-        stats.plot_layer_curves(np.arange(3), np.ones((4, 2)))
-
-
-def test_plots_without_matplotlib_say_how_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
-    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    with pytest.raises(ImportError, match=r"pip install 'fnn\[plot\]'"):
-        stats.plot_error_heatmap(np.ones((1, 1)), ["a"], ["b"])
-    # the statistics themselves never need matplotlib
-    assert stats.gradient_snr(random_per_example()).shape == (2,)
