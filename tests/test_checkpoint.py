@@ -29,7 +29,7 @@ def same_bits(a, b) -> bool:
 def trees_same_bits(a, b) -> bool:
     if jax.tree_util.tree_structure(a) != jax.tree_util.tree_structure(b):
         return False
-    return all(same_bits(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+    return all(same_bits(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True))
 
 
 def random_params(net, seed=0):
@@ -194,6 +194,15 @@ def test_load_into_different_architecture_names_the_differences(tmp_path):
         checkpoint.load(path, mlp([64, 32, 10], bias=False))
     same = mlp([64, 32, 10])
     assert checkpoint.load(path, same).net is same
+
+
+def test_save_rejects_b_none(tmp_path):
+    """``"b": None`` used to be saved (as a layer without bias) although backprop crashed on it."""
+    for bias in (False, True):
+        net = mlp([3, 2], bias=bias)
+        with pytest.raises(ValueError, match=r'Layer 0: params have "b": None; .*bias=False'):
+            checkpoint.save(tmp_path / "b.safetensors", [{"w": jnp.ones((3, 2)), "b": None}], net=net)
+    assert not (tmp_path / "b.safetensors").exists()
 
 
 def test_save_rejects_wrong_shaped_params(tmp_path, net):
