@@ -65,7 +65,7 @@ class Network(NamedTuple):
     def param_shapes(self) -> list[dict[str, tuple[int, ...]]]:
         """The shape of every leaf, in the layout of params."""
         shapes = []
-        for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:]):
+        for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:], strict=True):
             layer = {"w": (n_in, n_out)}
             if self.bias:
                 layer["b"] = (n_out,)
@@ -78,7 +78,8 @@ class Network(NamedTuple):
 
     def __repr__(self) -> str:
         acts = ", ".join(a.name for a in self.activations)
-        return f"Network(sizes={list(self.sizes)}, activations=[{acts}], bias={self.bias}, dtype={jnp.dtype(self.dtype).name})"
+        dtype = jnp.dtype(self.dtype).name
+        return f"Network(sizes={list(self.sizes)}, activations=[{acts}], bias={self.bias}, dtype={dtype})"
 
 
 def _check_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
@@ -153,7 +154,7 @@ def mlp(
     def init_fn(key: PRNGKey) -> Params:
         keys = jax.random.split(key, n_layers)
         params = []
-        for k, n_in, n_out in zip(keys, sizes[:-1], sizes[1:]):
+        for k, n_in, n_out in zip(keys, sizes[:-1], sizes[1:], strict=True):
             layer = {"w": initializer(k, (n_in, n_out), dtype)}
             if bias:
                 layer["b"] = jnp.zeros((n_out,), dtype)
@@ -180,10 +181,18 @@ def check_params(net: Network, params: Params) -> None:
         raise ValueError(
             f"params have {len(params)} layer(s) but the network {list(net.sizes)} has {net.num_layers}."
         )
-    for l, (layer, expected) in enumerate(zip(params, net.param_shapes())):
+    for l, (layer, expected) in enumerate(zip(params, net.param_shapes(), strict=True)):
         if not isinstance(layer, dict):
-            raise TypeError(f"Layer {l}: params must be a dict with keys {sorted(expected)}, got {type(layer).__name__}.")
-        got_keys = sorted(k for k, v in layer.items() if v is not None)
+            raise TypeError(
+                f"Layer {l}: params must be a dict with keys {sorted(expected)}, got {type(layer).__name__}."
+            )
+        if "b" in layer and layer["b"] is None:
+            raise ValueError(
+                f'Layer {l}: params have "b": None; a layer without bias has no "b" key (omit it, as '
+                f"fnn.mlp(..., bias=False) does), and a layer with bias needs a bias array of shape "
+                f"{expected.get('b', '(n_out,)')}."
+            )
+        got_keys = sorted(layer)
         if got_keys != sorted(expected):
             raise ValueError(f"Layer {l}: expected params with keys {sorted(expected)}, got keys {got_keys}.")
         for name, shape in expected.items():
@@ -219,9 +228,9 @@ def forward(net: Network, params: Params, x: Array) -> tuple[list[Array], list[A
     """
     zs, outs = [], []
     a = x
-    for layer, act in zip(params, net.activations):
+    for layer, act in zip(params, net.activations, strict=True):
         z = a @ layer["w"]
-        if "b" in layer and layer["b"] is not None:
+        if "b" in layer:
             z = z + layer["b"][None, :]  # explicit: (batch, n) + (1, n), no implicit rank promotion
         a = act.forward(z)
         zs.append(z)

@@ -3,6 +3,7 @@ jit/vmap/grad, describe() round trip, and every validation error (with its messa
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,9 +21,10 @@ NP_ACT = {
     "softmax": lambda z: np.exp(z - z.max(-1, keepdims=True)) / np.exp(z - z.max(-1, keepdims=True)).sum(-1)[:, None],
 }
 
+
 def numpy_forward(params, acts, x):
     a = np.asarray(x, np.float64)
-    for layer, act in zip(params, acts):
+    for layer, act in zip(params, acts, strict=True):
         z = a @ np.asarray(layer["w"], np.float64)
         if "b" in layer:
             z = z + np.asarray(layer["b"], np.float64)
@@ -34,7 +36,7 @@ def test_params_layout_and_shapes():
     net = fnn.mlp([4, 6, 5, 3], hidden="tanh", output="softmax")
     params = net.init(jax.random.key(0))
     assert isinstance(params, list) and len(params) == 3 == net.num_layers
-    for layer, (n_in, n_out) in zip(params, [(4, 6), (6, 5), (5, 3)]):
+    for layer, (n_in, n_out) in zip(params, [(4, 6), (6, 5), (5, 3)], strict=True):
         assert sorted(layer) == ["b", "w"]
         assert layer["w"].shape == (n_in, n_out) and layer["b"].shape == (n_out,)
         assert layer["w"].dtype == jnp.float32
@@ -57,7 +59,7 @@ def test_determinism():
     net = fnn.mlp([3, 5, 2])
     a, b = net.init(jax.random.key(7)), net.init(jax.random.key(7))
     c = net.init(jax.random.key(8))
-    for la, lb, lc in zip(a, b, c):
+    for la, lb, lc in zip(a, b, c, strict=True):
         np.testing.assert_array_equal(la["w"], lb["w"])
         assert not np.array_equal(np.asarray(la["w"]), np.asarray(lc["w"]))
     # Each layer gets its own key: two equal-shaped layers are not copies of one another.
@@ -125,9 +127,7 @@ def test_vmap_ensembles_equal_loop():
     assert outs.shape == (3, 4, 2)
     for i, key in enumerate(keys):
         member = net.init(key)
-        jax.tree_util.tree_map(
-            np.testing.assert_array_equal, member, jax.tree_util.tree_map(lambda t: t[i], stacked)
-        )
+        chex.assert_trees_all_equal(member, jax.tree_util.tree_map(lambda t, i=i: t[i], stacked))
         np.testing.assert_allclose(outs[i], net.apply(member, x), rtol=1e-6, atol=1e-7)
 
 
@@ -277,3 +277,25 @@ def test_error_params_from_another_network():
     bad_bias = [params[0], {"w": params[1]["w"], "b": jnp.zeros((3,))}]
     with pytest.raises(ValueError, match=r"Layer 1: expected b of shape \(2,\), got \(3,\)"):
         net.check_params(bad_bias)
+
+
+B_NONE_CALLS = {
+    "check_params": lambda net, p, x, y, loss: net.check_params(p),
+    "apply": lambda net, p, x, y, loss: net.apply(p, x),
+    "backprop": fnn.backprop,
+    "autodiff": fnn.autodiff,
+    "per_example_grads": fnn.per_example_grads,
+}
+
+
+@pytest.mark.parametrize("call", list(B_NONE_CALLS))
+@pytest.mark.parametrize("bias", [False, True])
+def test_b_none_is_rejected_everywhere(call, bias):
+    """``"b": None`` used to pass check_params and apply and crash later in backprop and per_example_grads;
+    the one rule now: a layer without bias has no "b" key (checkpoint.save: tests/test_checkpoint.py)."""
+    net = fnn.mlp([3, 2], output="softmax", bias=bias)
+    x, y, loss = jnp.ones((2, 3)), jnp.array([0, 1]), "sparse_categorical_cross_entropy"
+    with pytest.raises(ValueError, match=r'Layer 0: params have "b": None; .*omit it.*bias=False'):
+        B_NONE_CALLS[call](net, [{"w": jnp.ones((3, 2)), "b": None}], x, y, loss)
+    if not bias:  # omitting the key is the way
+        B_NONE_CALLS[call](net, [{"w": jnp.ones((3, 2))}], x, y, loss)
