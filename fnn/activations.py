@@ -195,7 +195,7 @@ def _d_binary_step(z, a):
     return jnp.zeros_like(z)
 
 
-# --- vector activations: backward is a Jacobian-vector product ----------------------------------------
+# --- vector activations: backward is a vector-Jacobian product (Jᵀg) ---------------------------------
 
 def _softmax(z):
     e = jnp.exp(z - jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True)))

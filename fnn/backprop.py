@@ -10,8 +10,8 @@ derivative comes from the :class:`~fnn.activations.Activation` and :class:`~fnn.
     dL/dw_l = a_{l-1}ᵀ delta_l        dL/db_l = Σ_batch delta_l
 
 (The code counts layers from 0: ``trace.z[0]`` is the first layer's pre-activation.) Softmax and log-softmax
-backward are Jacobian-vector products. The loss value of a fused pair is computed from ``z_L`` (log-softmax,
-softplus) so logits of ±1e4 give finite losses and gradients.
+backward are vector-Jacobian products ``Jᵀg`` (log-softmax's Jacobian is not symmetric). The loss value of a
+fused pair is computed from ``z_L`` (log-softmax, softplus) so logits of ±1e4 give finite losses and gradients.
 """
 
 from __future__ import annotations

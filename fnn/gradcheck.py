@@ -3,12 +3,13 @@
 The manual and autodiff gradients are compared with each other in the params' own dtype (at a dtype-aware
 tolerance). Finite differences run on float64 copies of params and data (inside ``jax.enable_x64``), on every
 coordinate or on a random sample of them, and are compared with the manual and autodiff gradients recomputed
-in float64, so that the finite-difference legs check the formulas, not float32 rounding. The relative error of two gradients ``a`` and ``b`` is the CS231n measure,
-elementwise ``|a - b| / (|a| + |b|)``, with the denominator floored at ``1e-8 · max(|a|_∞, |b|_∞)`` so that
-coordinates that are zero in both (dead units, exact zeros) do not turn rounding noise into a large ratio
-(for the finite-difference legs, also at the central difference's own rounding noise ``~eps64 · |L| / eps``);
-a leaf reports the maximum over its coordinates. :func:`taylor_test` is the eps-free check: for a correct
-gradient ``g`` the remainder ``|L(θ + h v) - L(θ) - h <g, v>|`` shrinks like ``h²``.
+in float64, so that the finite-difference legs check the formulas, not float32 rounding. The relative error of
+two gradients ``a`` and ``b`` is the CS231n measure, elementwise ``|a - b| / (|a| + |b|)``, with the denominator
+floored at ``1e-8 · max(|a|_∞, |b|_∞)`` so that coordinates that are zero in both (dead units, exact zeros) do
+not turn rounding noise into a large ratio (for the finite-difference legs, also at the central difference's own
+rounding noise ``~eps64 · |L| / eps``); a leaf reports the maximum over its coordinates. :func:`taylor_test` is
+the eps-free check: for a correct gradient ``g`` the remainder ``|L(θ + h v) - L(θ) - h <g, v>|`` shrinks like
+``h²``.
 """
 
 from __future__ import annotations
@@ -28,9 +29,6 @@ from fnn.network import Network, check_params
 
 __all__ = ["LeafCheck", "GradcheckReport", "TaylorResult", "gradcheck", "taylor_test", "finite_difference_grads",
            "relative_error", "tolerance"]
-
-PAIRS = ("manual~autodiff", "manual~fd", "autodiff~fd")
-
 
 class LeafCheck(NamedTuple):
     """One comparison of one leaf by one pair of methods (a tidy row)."""
@@ -84,7 +82,8 @@ class GradcheckReport(NamedTuple):
         return {(r.layer, r.leaf): r.max_rel for r in self.rows if r.pair == pair}
 
     def __str__(self) -> str:
-        head = f"{'layer':>5} {'leaf':>4} {'shape':>12} {'pair':>16} {'max abs':>10} {'max rel':>10} {'cosine':>12} {'tol':>8}  ok"
+        head = (f"{'layer':>5} {'leaf':>4} {'shape':>12} {'pair':>16} {'max abs':>10} {'max rel':>10} "
+                f"{'cosine':>12} {'tol':>8}  ok")
         lines = [f"gradcheck ({self.dtype}): loss = {self.loss:.6g}", head, "-" * len(head)]
         for r in self.rows:
             lines.append(
@@ -205,9 +204,11 @@ def gradcheck(
         n = flat.shape[0]
         k_sample, k_taylor = jax.random.split(key)
         budget = min(n, 5000) if num_checks is None else min(n, int(num_checks))
-        idx = np.arange(n) if budget == n else np.sort(np.asarray(jax.random.choice(k_sample, n, (budget,), replace=False)))
+        idx = (np.arange(n) if budget == n
+               else np.sort(np.asarray(jax.random.choice(k_sample, n, (budget,), replace=False))))
         fd = _finite_differences(lambda t: f(unravel(t), x64, y64), flat, idx, eps)
-        taylor_result = taylor_test(net, p64, x64, y64, loss, grads=unravel(jnp.asarray(manual64)), key=k_taylor) if taylor else None
+        taylor_result = (taylor_test(net, p64, x64, y64, loss, grads=unravel(jnp.asarray(manual64)), key=k_taylor)
+                         if taylor else None)
 
     # Map flat coordinates back to leaves (ravel_pytree order = tree_leaves order = layers, keys sorted).
     sizes = [int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(params)]
@@ -217,7 +218,7 @@ def gradcheck(
     # gradient error, so it is scaled to count as fd_rtol at most.
     fd_floor = 10 * np.finfo(np.float64).eps * max(abs(float(value)), 1.0) / eps / fd_rtol
     rows: list[LeafCheck] = []
-    for (layer, leaf), lo, hi in zip(_leaf_names(params), bounds[:-1], bounds[1:]):
+    for (layer, leaf), lo, hi in zip(_leaf_names(params), bounds[:-1], bounds[1:], strict=True):
         shape = tuple(np.shape(params[layer][leaf]))
         sel = (idx >= lo) & (idx < hi)
         fd_leaf, pos = fd[sel], idx[sel]
@@ -291,7 +292,7 @@ def taylor_test(
         return TaylorResult(tuple(hs), tuple(r), math.inf, True)
     # Fit the order on the three smallest steps above rounding noise: the asymptotic regime. At large steps the
     # third-order term can mask h² (a correct gradient then fits an order well below 2 along some directions).
-    usable = sorted((h, ri) for h, ri in zip(hs, r) if ri > noise)[:3]
+    usable = sorted((h, ri) for h, ri in zip(hs, r, strict=True) if ri > noise)[:3]
     if len(usable) < 2:
         return TaylorResult(tuple(hs), tuple(r), math.inf, True)
     lh, lr = np.log([u[0] for u in usable]), np.log([u[1] for u in usable])
