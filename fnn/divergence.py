@@ -7,7 +7,7 @@ import numpy as np
 
 from fnn._epoch import all_finite, epoch_indices, layer_finite
 
-__all__ = ["DivergenceWarning", "locate", "replay", "message"]
+__all__ = ["DivergenceWarning", "locate", "replay", "broken_at_start", "message"]
 
 
 class DivergenceWarning(RuntimeWarning):
@@ -46,10 +46,24 @@ def replay(update, lr, params, opt_state, x, y, key, batch_size: int) -> tuple[i
     return num_batches - 1, None
 
 
-def message(epoch: int, epochs_done: int, step: int, layer: int | None, *, strict: bool) -> str:
-    """The warning text: where training diverged (epoch counted from 1, step and layer from 0) and what is kept."""
+def broken_at_start(update, lr, params, opt_state, x, y, key, batch_size: int) -> bool:
+    """True when the very first step's loss (computed before its update) is already non-finite, or the params
+    are: then no learning rate is to blame — the params or the data are."""
+    first = np.asarray(epoch_indices(key, x.shape[0], batch_size)[:batch_size])
+    value = jax.jit(update)(params, opt_state, x[first], y[first], lr)[2]
+    return not (np.isfinite(float(value)) and bool(all_finite(params)))
+
+
+def message(epoch: int, epochs_done: int, step: int, layer: int | None, *, strict: bool,
+            at_start: bool = False) -> str:
+    """The warning text: where training diverged (epoch counted from 1, step and layer from 0), what is kept,
+    and what to try: a smaller learning rate, or — when the loss was non-finite before any update
+    (``at_start``) — other params or data."""
     where = (f"layer {layer}'s gradient was the first to go non-finite" if layer is not None
              else "the loss or the updated params went non-finite")
     kept = f"after epoch {epochs_done}" + (f" and {step} steps" if strict else "")
+    advice = ("The loss was already non-finite at the params training started from, before any update: the "
+              "params or the data are the problem (values too large for the dtype, NaN or inf), not the learning "
+              "rate." if at_start else "Try a smaller learning rate.")
     return (f"Training diverged in epoch {epoch} at step {step}: {where}. Returning the last finite params "
-            f"({kept}). Try a smaller learning rate.")
+            f"({kept}). {advice}")

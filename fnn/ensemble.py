@@ -21,6 +21,7 @@ from fnn._types import Array, ArrayLike, Params, PRNGKey
 from fnn.divergence import DivergenceWarning
 from fnn.evaluation import evaluate_checked
 from fnn.network import Network, check_params
+from fnn.optim import default_learning_rate, resolve_optimizer
 
 __all__ = ["fit_ensemble"]
 
@@ -83,7 +84,7 @@ def fit_ensemble(
     loss,
     epochs: int,
     batch_size: int,
-    learning_rate: float | Sequence[float] | ArrayLike = 0.1,
+    learning_rate: float | Sequence[float] | ArrayLike | None = None,
     optimizer: str | optax.GradientTransformation | None = None,
     grads: str = "manual",
     keys: PRNGKey,
@@ -104,7 +105,8 @@ def fit_ensemble(
     Args:
       net, params: the network and the stacked initial params (a leading member axis on every leaf).
       train, test, loss, epochs, batch_size, optimizer, grads, unroll, eval_batch_size: as in :func:`fnn.fit`.
-      learning_rate: a scalar or one per member.
+      learning_rate: a scalar or one per member; None takes the optimizer's default as in ``fit`` (plain SGD 0.1);
+        must be None beside an optax transformation.
       keys: ``(K,)`` PRNG keys, one per member.
       progress: a tqdm progress bar over epochs (showing member 0's loss and accuracy).
       strict: ``fit``'s strict mode per member: a step that goes non-finite freezes that member at its last
@@ -128,12 +130,18 @@ def fit_ensemble(
     epochs, batch_size = check_fit_args(x, batch_size, epochs)
     eval_batch_size = positive_number("eval_batch_size", eval_batch_size, integer=True)
     unroll = positive_number("unroll", unroll, integer=True)
-    lr = _member_rates(learning_rate, k, jax.tree_util.tree_leaves(params)[0].dtype, optimizer)
+    dtype = jax.tree_util.tree_leaves(params)[0].dtype
+    if isinstance(optimizer, optax.GradientTransformation):  # it carries its own rate; lr is not used then
+        resolve_optimizer(optimizer, learning_rate)  # refuses a learning_rate beside it
+        lr, rate = jnp.ones((k,), dtype), None
+    else:
+        default = learning_rate is None
+        lr = _member_rates(default_learning_rate(optimizer) if default else learning_rate, k, dtype, optimizer)
+        rate = float(lr[0])
     keys = jnp.asarray(keys)
     if keys.shape[:1] != (k,):
         raise ValueError(f"keys must hold one PRNG key per member ({k}), got shape {keys.shape}.")
-    prog = program(net, loss_rec, grads, optimizer, float(lr[0]), x.shape[0], batch_size, strict=strict,
-                   unroll=unroll)
+    prog = program(net, loss_rec, grads, optimizer, rate, x.shape[0], batch_size, strict=strict, unroll=unroll)
     stateful = prog.optimizer is not None
     opt_state = jax.vmap(prog.optimizer.init)(params) if stateful else ()
     epoch_fn = _member_epochs(prog.epoch, stateful)

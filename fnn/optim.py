@@ -11,9 +11,15 @@ import optax
 from fnn._checks import positive_number
 from fnn._registry import unknown_name
 
-__all__ = ["OPTIMIZERS", "make_optimizer", "resolve_optimizer"]
+__all__ = ["OPTIMIZERS", "DEFAULT_LEARNING_RATES", "default_learning_rate", "named_learning_rate", "make_optimizer",
+           "resolve_optimizer"]
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
+
+#: The learning rate each named optimizer (and plain SGD, ``None``) uses when ``learning_rate`` is not given:
+#: SGD's 0.1 (the seeds' and Nielsen's scale for sigmoid/relu MLPs), momentum 0.9's effective step is 10x its
+#: rate so 0.01, and adam's customary 1e-3 (Kingma & Ba). A rate meant for SGD is far too large for adam.
+DEFAULT_LEARNING_RATES = {None: 0.1, "sgd": 0.1, "momentum": 0.01, "adam": 1e-3}
 
 
 def make_optimizer(name: str, learning_rate: float, *, momentum: float = 0.9) -> optax.GradientTransformation:
@@ -48,28 +54,55 @@ def _state_in_float32(inner: optax.GradientTransformation) -> optax.GradientTran
     return optax.GradientTransformation(lambda params: inner.init(jax.tree_util.tree_map(up, params)), update)
 
 
+def named_learning_rate(optimizer: str | None, learning_rate) -> float:
+    """The learning rate plain SGD (``optimizer=None``) or a named optimizer runs with: ``learning_rate``,
+    checked positive, or the optimizer's default when it is None."""
+    if learning_rate is None:
+        return default_learning_rate(optimizer)
+    if isinstance(optimizer, str) and optimizer not in OPTIMIZERS:
+        raise unknown_name("optimizer", optimizer, list(OPTIMIZERS))
+    return positive_number("learning_rate", learning_rate)
+
+
 @functools.lru_cache(maxsize=64)
 def _named_optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
     """:func:`make_optimizer`, one object per ``(name, learning_rate)`` so compiled programs can be reused."""
     return make_optimizer(name, learning_rate)
 
 
+def default_learning_rate(optimizer: str | None) -> float:
+    """The learning rate ``optimizer`` (None: plain SGD, or a name in ``OPTIMIZERS``) uses by default.
+
+    Raises:
+      ValueError: an unknown name (lists the valid ones).
+    """
+    if optimizer not in DEFAULT_LEARNING_RATES:
+        raise unknown_name("optimizer", optimizer, list(OPTIMIZERS))
+    return DEFAULT_LEARNING_RATES[optimizer]
+
+
 def resolve_optimizer(optimizer, learning_rate) -> tuple[optax.GradientTransformation | None, float | None]:
     """``(optax transformation or None, learning rate for plain SGD or None)`` from fit's two arguments.
 
     ``optimizer=None`` is plain SGD with ``learning_rate``; a name builds that optimizer with ``learning_rate``
-    baked in (the same object for the same pair, so compiled epochs are reused); an optax transformation is
-    used as it is.
+    baked in (the same object for the same pair, so compiled epochs are reused); with ``learning_rate=None``
+    either uses its :data:`DEFAULT_LEARNING_RATES` entry. An optax transformation carries its own learning rate
+    and is used as it is: passing a ``learning_rate`` beside it is ambiguous and refused.
 
     Raises:
-      ValueError: a non-positive learning rate or an unknown name.
+      ValueError: a non-positive learning rate, an unknown name, or a learning rate beside an optax object.
       TypeError: an optimizer of another type.
     """
-    if optimizer is None:
-        return None, positive_number("learning_rate", learning_rate)
-    if isinstance(optimizer, str):
-        return _named_optimizer(optimizer, positive_number("learning_rate", learning_rate)), None
+    if optimizer is None or isinstance(optimizer, str):
+        rate = named_learning_rate(optimizer, learning_rate)
+        return (None, rate) if optimizer is None else (_named_optimizer(optimizer, rate), None)
     if isinstance(optimizer, optax.GradientTransformation):
+        if learning_rate is not None:
+            raise ValueError(
+                f"learning_rate={learning_rate!r} was given beside an optax transformation, which carries its own "
+                "learning rate: the pair is ambiguous. Pass learning_rate=None (or omit it), or build the optax "
+                "transformation with the rate you want."
+            )
         return optimizer, None
     raise TypeError(
         f"optimizer must be None (plain SGD), one of {list(OPTIMIZERS)} or an optax.GradientTransformation, "

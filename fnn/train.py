@@ -38,7 +38,7 @@ from fnn.divergence import DivergenceWarning
 from fnn.ensemble import fit_ensemble
 from fnn.evaluation import evaluate, evaluate_checked
 from fnn.network import Network, check_params
-from fnn.optim import OPTIMIZERS, make_optimizer, resolve_optimizer
+from fnn.optim import OPTIMIZERS, make_optimizer, named_learning_rate, resolve_optimizer
 
 __all__ = [
     "sgd_step",
@@ -74,7 +74,7 @@ def sgd_step(
     net: Network,
     loss,
     *,
-    learning_rate: float | None = 0.1,
+    learning_rate: float | None = None,
     grads: str = "manual",
     optimizer: str | optax.GradientTransformation | None = None,
     devices: int | Sequence[jax.Device] | None = None,
@@ -93,7 +93,9 @@ def sgd_step(
     Args:
       net: the network.
       loss: loss name or record.
-      learning_rate: α for plain SGD and named optimizers; ignored (pass None) for an optax transformation.
+      learning_rate: α for plain SGD and named optimizers; None takes the optimizer's default
+        (``fnn.optim.DEFAULT_LEARNING_RATES``: SGD 0.1, momentum 0.01, adam 1e-3). Must be None beside an optax
+        transformation, which carries its own (``ValueError`` otherwise).
       grads: ``"manual"`` (hand-written backprop, the default) or ``"autodiff"`` (``jax.grad``).
       optimizer: None, ``"sgd"``, ``"momentum"``, ``"adam"`` or an ``optax.GradientTransformation``.
       devices: data parallelism (:mod:`fnn.parallel`): a device count or a sequence of ``jax.Device``; each
@@ -166,7 +168,7 @@ def fit(
     loss,
     epochs: int,
     batch_size: int,
-    learning_rate: float | None = 0.1,
+    learning_rate: float | None = None,
     optimizer: str | optax.GradientTransformation | None = None,
     grads: str = "manual",
     key: PRNGKey,
@@ -190,7 +192,9 @@ def fit(
       epochs: number of epochs (total, counting those restored by ``resume``).
       batch_size: mini-batch size; each epoch runs ``n // batch_size`` steps (the last partial batch of
         each shuffle is dropped).
-      learning_rate: α for plain SGD and named optimizers.
+      learning_rate: α for plain SGD and named optimizers; None takes the optimizer's default
+        (``fnn.optim.DEFAULT_LEARNING_RATES``: SGD 0.1, momentum 0.01, adam 1e-3). Must be None beside an optax
+        transformation, which carries its own (``ValueError`` otherwise: the pair is ambiguous).
       optimizer: None (plain SGD), ``"sgd"``, ``"momentum"``, ``"adam"`` or an optax transformation.
       grads: ``"manual"`` (hand-written backprop) or ``"autodiff"``.
       key: PRNG key; epoch ``e`` shuffles with ``jax.random.fold_in(key, e)``.
@@ -256,11 +260,12 @@ def fit(
             new_params, new_state, step_losses, layer_ok = epoch_fn(params, opt_state, x, y, epoch_key, prog.lr)
             step_losses = np.asarray(step_losses)
             if not (np.isfinite(step_losses).all() and bool(_epoch.all_finite(new_params))):
-                if layer_ok is not None:  # strict: the scan froze the params at the last finite step
-                    where, params = divergence.locate(step_losses, layer_ok), new_params
-                else:
-                    where = divergence.replay(prog.update, prog.lr, params, opt_state, x, y, epoch_key, batch_size)
-                return params, _diverged(history, e + 1, *where, strict=layer_ok is not None, key=key,
+                replay_args = (prog.update, prog.lr, params, opt_state, x, y, epoch_key, batch_size)
+                strict_run = layer_ok is not None
+                where = divergence.locate(step_losses, layer_ok) if strict_run else divergence.replay(*replay_args)
+                at_start = e == start and where[0] == 0 and divergence.broken_at_start(*replay_args)
+                params = new_params if strict_run else params  # strict: frozen at the last finite step
+                return params, _diverged(history, e + 1, *where, strict=strict_run, at_start=at_start, key=key,
                                          ckpt=ckpt, params=params, opt_state=opt_state)
             epoch_time = time.perf_counter() - t0
             test_metrics = None if test_xy is None else evaluate_checked(net, loss_rec, new_params, *test_xy,
@@ -291,13 +296,13 @@ def _config(loss: _losses.Loss, batch_size, grads, strict, optimizer, learning_r
     (its hyper-parameters are not inspectable)."""
     return {"loss": loss.name, "batch_size": batch_size, "grads": grads, "strict": strict,
             "optimizer": optimizer if optimizer is None or isinstance(optimizer, str) else "optax",
-            "lr": float(learning_rate) if isinstance(optimizer, str) else prog.lr}
+            "lr": named_learning_rate(optimizer, learning_rate) if isinstance(optimizer, str) else prog.lr}
 
 
-def _diverged(history: dict, epoch: int, step: int, layer, *, strict: bool, key, ckpt: Checkpointer, params,
-              opt_state) -> dict:
+def _diverged(history: dict, epoch: int, step: int, layer, *, strict: bool, at_start: bool, key,
+              ckpt: Checkpointer, params, opt_state) -> dict:
     """Record and warn about a divergence in ``epoch``; without strict mode, keep the last finite checkpoint."""
-    message = divergence.message(epoch, len(history["epoch"]), step, layer, strict=strict)
+    message = divergence.message(epoch, len(history["epoch"]), step, layer, strict=strict, at_start=at_start)
     history["diverged"] = {"epoch": epoch, "step": step, "layer": layer, "message": message}
     path = ckpt.save(len(history["epoch"]), params, opt_state, history, key) if not strict else None
     if path is not None:

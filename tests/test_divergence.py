@@ -8,7 +8,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_tree_close, assert_tree_equal, fit_batches, scaled_params, tree_finite
+from conftest import (
+    SPARSE_CE,
+    assert_tree_close,
+    assert_tree_equal,
+    blobs,
+    classifier,
+    fit_batches,
+    scaled_params,
+    tree_finite,
+)
 
 import fnn
 from fnn.train import CHECKPOINT_NAME
@@ -114,3 +123,25 @@ def test_strict_detects_an_update_that_overflows_while_loss_and_grads_are_finite
                                   learning_rate=3e38, key=jax.random.key(2), progress=False, strict=True)
     assert history["epoch"] == [] and history["diverged"]["layer"] is None
     assert_tree_equal(params, params0)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_loss_non_finite_before_any_update_blames_the_params_not_the_learning_rate(strict):
+    """Params of 1e20 overflow float32 in the first forward pass: no learning rate is to blame (the message
+    used to say "Try a smaller learning rate" all the same)."""
+    net = fnn.mlp([4, 6, 3], hidden="relu", output="softmax")  # 1e20 · 1e20 overflows in the output layer
+    huge = jax.tree_util.tree_map(lambda t: jnp.full_like(t, 1e20), scaled_params(net, 0))
+    with pytest.warns(fnn.DivergenceWarning) as caught:
+        fnn.fit(net, huge, blobs(12), loss=SPARSE_CE, epochs=2, batch_size=4, key=jax.random.key(0),
+                progress=False, strict=strict)
+    text = str(caught[0].message)
+    assert "epoch 1 at step 0" in text
+    assert "before any update" in text and "params or the data" in text
+    assert "smaller learning rate" not in text
+
+
+def test_a_learning_rate_that_blows_up_later_still_says_so():
+    net = classifier()
+    with pytest.warns(fnn.DivergenceWarning, match="Try a smaller learning rate"):
+        fnn.fit(net, scaled_params(net, 0), blobs(12), loss=SPARSE_CE, epochs=2, batch_size=4, learning_rate=1e38,
+                key=jax.random.key(0), progress=False)

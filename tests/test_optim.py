@@ -33,8 +33,9 @@ def test_optax_steps_manual_equal_autodiff_equal_optax_by_hand(float64, name):
     net = classifier()
     params = scaled_params(net, 3)
     x, y = blobs(24, seed=2)
-    manual = fnn.sgd_step(net, SPARSE_CE, learning_rate=0.05, optimizer=optimizer)
-    auto = fnn.sgd_step(net, SPARSE_CE, learning_rate=0.05, optimizer=optimizer, grads="autodiff")
+    rate = 0.05 if isinstance(optimizer, str) else None  # an optax object carries its own
+    manual = fnn.sgd_step(net, SPARSE_CE, learning_rate=rate, optimizer=optimizer)
+    auto = fnn.sgd_step(net, SPARSE_CE, learning_rate=rate, optimizer=optimizer, grads="autodiff")
 
     @jax.jit
     def by_hand(p, s, xb, yb):  # optax driven by hand with the hand-written gradients
@@ -68,3 +69,46 @@ def test_named_sgd_optimizer_equals_plain_sgd(float64):
     tx = fnn.make_optimizer("sgd", 0.2)
     named, _, _ = fnn.sgd_step(net, SPARSE_CE, learning_rate=0.2, optimizer="sgd")(params, tx.init(params), x, y)
     assert_tree_close(plain, named, rtol=1e-15, atol=1e-16)
+
+
+# --- default learning rates, and the ambiguous pair -------------------------------------------------------
+
+@pytest.mark.parametrize(("name", "rate"), [(None, 0.1), ("sgd", 0.1), ("momentum", 0.01), ("adam", 1e-3)])
+def test_each_optimizer_has_its_own_default_learning_rate(name, rate):
+    """fit/sgd_step without learning_rate use the optimizer's own default; adam used to inherit SGD's 0.1."""
+    from fnn import optim
+
+    assert optim.default_learning_rate(name) == rate
+    net = classifier()
+    params = scaled_params(net, 0)
+    x, y = blobs(12)
+    step = fnn.sgd_step(net, SPARSE_CE, optimizer=name)
+    explicit = fnn.sgd_step(net, SPARSE_CE, optimizer=name, learning_rate=rate)
+    if name is None:
+        assert_tree_close(step(params, x, y)[0], explicit(params, x, y)[0], rtol=0, atol=0)
+    else:
+        state = fnn.make_optimizer(name, rate).init(params)
+        assert_tree_close(step(params, state, x, y)[0], explicit(params, state, x, y)[0], rtol=0, atol=0)
+    kw = dict(loss=SPARSE_CE, epochs=1, batch_size=4, key=jax.random.key(0), progress=False, optimizer=name)
+    assert_tree_close(fnn.fit(net, params, (x, y), **kw)[0], fnn.fit(net, params, (x, y), learning_rate=rate, **kw)[0],
+                      rtol=0, atol=0)
+
+
+def test_a_learning_rate_beside_an_optax_object_is_refused():
+    """fit(learning_rate=50, optimizer=optax.adam(1e-3)) used to ignore the 50 silently."""
+    net = classifier()
+    params = scaled_params(net, 0)
+    for call in (lambda: fnn.sgd_step(net, SPARSE_CE, learning_rate=50, optimizer=optax.adam(1e-3)),
+                 lambda: fnn.fit(net, params, blobs(12), loss=SPARSE_CE, epochs=1, batch_size=4, learning_rate=50,
+                                 optimizer=optax.adam(1e-3), key=jax.random.key(0), progress=False),
+                 lambda: fnn.fit_ensemble(net, jax.vmap(net.init)(jax.random.split(jax.random.key(0), 2)), blobs(12),
+                                          loss=SPARSE_CE, epochs=1, batch_size=4, learning_rate=50,
+                                          optimizer=optax.adam(1e-3), keys=jax.random.split(jax.random.key(1), 2))):
+        with pytest.raises(ValueError, match=r"learning_rate=50 was given beside an optax transformation.*ambiguous"):
+            call()
+    fnn.sgd_step(net, SPARSE_CE, optimizer=optax.adam(1e-3))  # without a rate it is fine
+
+
+def test_unknown_optimizer_name_without_a_rate_lists_the_valid_names():
+    with pytest.raises(ValueError, match=r"Unknown optimizer 'adamw'.*adam, momentum, sgd"):
+        fnn.sgd_step(classifier(), SPARSE_CE, optimizer="adamw")
