@@ -1,14 +1,12 @@
-"""Tests for fnn/cli.py (the ``fnn`` command) and fnn/plot.py.
+"""Tests for fnn/cli.py: the exit-code table (every code), the one error prefix, FNN_TRACEBACK, and ``fnn bench``.
 
-One real subprocess run of ``python -m fnn train`` (the console entry point end to end); everything else calls
-``fnn.cli.main`` in-process, which returns the exit code instead of exiting.
+Everything calls ``fnn.cli.main`` in-process, which returns the exit code instead of exiting; the sub-commands'
+own behaviour is tested in tests/test_cli_train.py and tests/test_cli_gradcheck.py.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,202 +15,165 @@ import pytest
 import fnn
 from fnn import cli
 
-SMALL = ["--hidden", "16", "--no-progress"]  # a small network keeps the in-process runs to a few seconds
+ROOT = Path(__file__).resolve().parents[1]
+#: Fast arguments for a train run that fails before anything is compiled, or trains one tiny epoch.
+TINY = ["--dataset", "iris", "--hidden", "4", "--epochs", "1", "--no-progress"]
 
 
-def test_train_then_resume(tmp_path, capsys):
-    """``python -m fnn train --epochs 3 --out DIR`` in a subprocess (progress bar on), then ``--resume DIR`` to 5."""
-    out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "fnn", "train", "--epochs", "3", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert re.fullmatch(r"test accuracy: 0\.\d{4}", proc.stdout.strip().splitlines()[-1]), proc.stdout
-    assert "fit" in proc.stderr  # the tqdm bar goes to stderr, so stdout's last line stays the accuracy
-    for name in ("checkpoint.safetensors", "history.json", "config.json", "curves.png"):
-        assert (out / name).is_file(), name
-    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    history = json.loads((out / "history.json").read_text())
-    assert history["epoch"] == [1, 2, 3]
-    assert len(history["train_loss"]) == len(history["test_accuracy"]) == 3
-    assert history["test_accuracy"][-1] > 0.9  # digits, 3 epochs of the default network
-    config = json.loads((out / "config.json").read_text())
-    assert config["epochs"] == 3 and config["dataset"] == "digits" and config["hidden"] == [128]
-    assert config["output"] == "softmax" and config["network"]["sizes"] == [64, 128, 10]
-
-    assert cli.main(["train", "--resume", str(out), "--epochs", "5", "--no-progress"]) == 0
-    stdout = capsys.readouterr().out
-    assert "epochs 4-5" in stdout
-    assert re.fullmatch(r"test accuracy: 0\.\d{4}", stdout.strip().splitlines()[-1])
-    resumed = json.loads((out / "history.json").read_text())
-    assert resumed["epoch"] == [1, 2, 3, 4, 5]
-    assert resumed["train_loss"][:3] == history["train_loss"]  # the first three epochs are the saved ones
-    assert json.loads((out / "config.json").read_text())["epochs"] == 5
+def one_error_line(err: str, command: str | None) -> str:
+    """The single line of stderr, checked to carry the one prefix and no traceback."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    prefix = "fnn: error: " if command is None else f"fnn {command}: error: "
+    assert lines[0].startswith(prefix), lines[0]
+    assert "Traceback" not in err
+    return lines[0]
 
 
-@pytest.fixture
-def fake_run(tmp_path) -> Path:
-    """A run folder as far as the option checks look: config.json and a checkpoint file."""
-    run = tmp_path / "fake-run"
-    run.mkdir()
-    (run / "config.json").write_text(json.dumps({**cli.TRAIN_DEFAULTS, "output": "softmax"}))
-    (run / "checkpoint.safetensors").write_bytes(b"")
-    return run
+def test_exit_code_table_is_the_same_in_the_docstring_and_the_readme():
+    def codes(text: str) -> list[int]:
+        return [int(c) for c in re.findall(r"^\|?\s*`?(\d+)`?\s+(?:\||\s)", text, flags=re.M)]
+
+    doc = cli.__doc__.split("Exit codes")[1]
+    readme = (ROOT / "README.md").read_text().split("## The `fnn` command")[1].split("\n## ")[0]
+    assert codes(doc) == codes(readme) == [0, 1, 2, 70, 74, 130]
+    assert (cli.EXIT_OK, cli.EXIT_FAILED, cli.EXIT_USAGE, cli.EXIT_INTERNAL, cli.EXIT_OS,
+            cli.EXIT_INTERRUPTED) == (0, 1, 2, 70, 74, 130)
 
 
-def test_resume_refuses_changed_settings(fake_run, capsys):
-    assert cli.main(["train", "--resume", str(fake_run), "--lr", "0.5"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "--lr" in err and "--epochs" in err and len(err.splitlines()) == 1
-    assert cli.main(["train", "--resume", str(fake_run), "--out", "elsewhere"]) == 2
+# --- 0 and 2: help, version, usage errors ------------------------------------------------------------------
 
-
-def test_out_refuses_an_existing_run(fake_run, capsys):
-    assert cli.main(["train", "--out", str(fake_run)]) == 2
-    assert f"--resume {fake_run}" in capsys.readouterr().err
+def test_help_version_and_unknown_command(capsys):
+    assert cli.main(["--help"]) == 0
+    assert "train" in capsys.readouterr().out
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"fnn {fnn.__version__}"
+    assert cli.main(["trian"]) == 2
+    assert "invalid choice: 'trian'" in one_error_line(capsys.readouterr().err, None)
+    assert cli.main([]) == 2
+    one_error_line(capsys.readouterr().err, None)
 
 
 @pytest.mark.parametrize(
-    "argv, expected",
+    "argv, command, expected",
     [
-        (["--hidden", "0"], "--hidden"),
-        (["--hidden", "12,x"], "--hidden"),
-        (["--optimizer", "adamm"], "Did you mean 'adam'?"),
-        (["--dataset", "mnist"], "--data-dir"),
-        (["--dataset", "fashion-mnist", "--data-dir", "/nonexistent/fnn-data"], "/nonexistent/fnn-data"),
-        (["--dataset", "digitz"], "Did you mean 'digits'?"),
-        (["--activation", "rleu"], "Did you mean 'relu'?"),
-        (["--loss", "mse", "--output", "sofmax"], "Did you mean 'softmax'?"),
-        (["--epochs", "0"], "--epochs"),
-        (["--lr", "-1"], "--lr"),
-        (["--grads", "magic"], "--grads"),
-        (["--batch-size", "100000"], "larger than the training set"),
-        (["--resume", "/nonexistent/fnn-run"], "config.json"),
+        (["train", "--epochs", "0"], "train", "--epochs"),  # argparse
+        (["train", "--optimizer", "adamm"], "train", "Did you mean 'adam'?"),  # fnn's validation, at the flag
+        (["train", "--seed", str(2**70)], "train", "--seed must be an integer of at most 63 bits"),
+        (["gradcheck", "--sizes", "4"], "gradcheck", "--sizes"),
+        (["gradcheck", "--batch", "x"], "gradcheck", "--batch"),
     ],
 )
-def test_bad_options_exit_2_with_one_line(argv, expected, capsys, tmp_path, monkeypatch):
+def test_bad_arguments_exit_2_with_one_prefixed_line(argv, command, expected, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["train", *argv]) == 2
-    captured = capsys.readouterr()
-    err = captured.err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert "error:" in err and expected in err
-    assert "Traceback" not in captured.err
-    assert not (tmp_path / "runs").exists()  # nothing is written before the options are known to be good
+    assert cli.main(argv) == 2
+    assert expected in one_error_line(capsys.readouterr().err, command)
+    assert not (tmp_path / "runs").exists()
 
 
-def test_interrupt_exits_130_and_can_be_resumed(tmp_path, capsys, monkeypatch):
-    real_fit = fnn.fit
+# --- 70: internal errors -----------------------------------------------------------------------------------
 
-    def interrupted_fit(*args, callback, **kwargs):
-        def press_ctrl_c(epoch, history):
-            callback(epoch, history)
-            raise KeyboardInterrupt
+def _raise(exc: BaseException):
+    def fail(*args, **kwargs):
+        raise exc
+    return fail
 
-        return real_fit(*args, callback=press_ctrl_c, **kwargs)
 
-    out = tmp_path / "run"
-    monkeypatch.setattr(fnn, "fit", interrupted_fit)
-    assert cli.main(["train", *SMALL, "--epochs", "3", "--out", str(out)]) == 130
+@pytest.mark.parametrize("where", ["standardize", "fit"])
+def test_an_internal_value_error_is_70_with_the_hint_and_no_traceback(where, tmp_path, capsys, monkeypatch):
+    """A ValueError deep inside fnn is a bug, not a bad argument (it used to exit 2 as 'bad arguments')."""
+    monkeypatch.setattr(fnn, where, _raise(ValueError("boom")))
+    assert cli.main(["train", *TINY, "--out", str(tmp_path / "r")]) == 70
+    line = one_error_line(capsys.readouterr().err, "train")
+    assert "internal error" in line and "ValueError: boom" in line and line.endswith(cli.TRACEBACK_HINT)
+
+
+def test_fnn_traceback_prints_the_traceback(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(fnn, "standardize", _raise(TypeError("boom")))
+    monkeypatch.setenv("FNN_TRACEBACK", "1")
+    assert cli.main(["train", *TINY, "--out", str(tmp_path / "r")]) == 70
     err = capsys.readouterr().err
-    assert f"fnn train --resume {out}" in err
-    assert json.loads((out / "history.json").read_text())["epoch"] == [1]
-    monkeypatch.setattr(fnn, "fit", real_fit)
-    assert cli.main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
-    assert json.loads((out / "history.json").read_text())["epoch"] == [1, 2]
+    assert "Traceback (most recent call last)" in err and 'raise exc' in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("fnn train: error: internal error") and "TypeError: boom" in last
+    assert cli.TRACEBACK_HINT not in err
 
 
-def test_divergence_exits_1_with_the_message(tmp_path, capsys):
-    out = tmp_path / "run"
-    assert cli.main(["train", *SMALL, "--lr", "1e4", "--epochs", "2", "--out", str(out)]) == 1
-    err = capsys.readouterr().err.strip()
-    assert "diverged" in err and "smaller learning rate" in err
-    assert "diverged" in json.loads((out / "history.json").read_text())
-
-
-def test_gradcheck_prints_the_table(capsys):
-    assert cli.main(["gradcheck", "--sizes", "4,8,3", "--activation", "tanh", "--output", "softmax",
-                     "--loss", "categorical_cross_entropy", "--batch", "5", "--dtype", "float64", "--seed", "0"]) == 0
-    out = capsys.readouterr().out
-    assert "manual~autodiff" in out and "manual~fd" in out and "autodiff~fd" in out
-    assert out.strip().splitlines()[-1] == "result: OK"
-
-
-def test_gradcheck_all_restricted_to_one_activation(capsys):
-    assert cli.main(["gradcheck", "--all", "--activation", "sigmoid", "--loss", "binary_cross_entropy"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert re.fullmatch(r"sigmoid\s+binary_cross_entropy\s+sigmoid\s+\S+\s+\S+\s+ok", lines[-2])
-    assert lines[-1].startswith("1/1 pairs ok")
-
-
-def test_gradcheck_bad_arguments(capsys):
-    assert cli.main(["gradcheck", "--sizes", "4"]) == 2
+def test_fnn_traceback_shows_user_errors_too(capsys, monkeypatch):
+    monkeypatch.setenv("FNN_TRACEBACK", "1")
     assert cli.main(["gradcheck", "--loss", "msee"]) == 2
-    assert "Did you mean 'mse'?" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("fnn gradcheck: error: --loss")
 
 
-def test_natural_output():
-    assert [cli.natural_output(n) for n in ("softmax_cross_entropy", "binary_cross_entropy",
-                                            "sparse_categorical_cross_entropy", "mse")] == [
-        "identity", "sigmoid", "softmax", None]
+# --- 74: file-system and OS errors --------------------------------------------------------------------------
+
+def test_out_is_an_existing_file_is_74(tmp_path, capsys):
+    out = tmp_path / "a-file"
+    out.write_text("not a folder")
+    assert cli.main(["train", *TINY, "--out", str(out)]) == 74
+    line = one_error_line(capsys.readouterr().err, "train")
+    assert str(out) in line and "Not a directory" in line
+    assert out.read_text() == "not a folder"
 
 
-def test_help_and_unknown_command(capsys):
-    assert cli.main(["--help"]) == 0
-    assert "train" in capsys.readouterr().out
-    assert cli.main(["trian"]) == 2
-    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+def test_checkpoint_path_is_a_directory_is_74(tmp_path, capsys):
+    (tmp_path / "r" / "checkpoint.safetensors").mkdir(parents=True)
+    assert cli.main(["train", *TINY, "--out", str(tmp_path / "r")]) == 74
+    line = one_error_line(capsys.readouterr().err, "train")
+    assert str(tmp_path / "r" / "checkpoint.safetensors") in line and "Is a directory" in line
 
 
-def test_bench_without_the_module(monkeypatch, capsys):
-    monkeypatch.delattr(fnn, "bench", raising=False)
-    monkeypatch.setitem(sys.modules, "fnn.bench", None)
-    assert cli.main(["bench"]) == 2
-    assert "fnn bench" in capsys.readouterr().err
+def test_unwritable_run_folder_is_74(tmp_path, capsys, monkeypatch):
+    """A read-only folder (simulated: the tests may run as root, who can write anywhere): the checkpoint save
+    that ``fit`` does after the first epoch fails with PermissionError."""
+    path = tmp_path / "r" / "checkpoint.safetensors"
+    monkeypatch.setattr(fnn.checkpoint, "save", _raise(PermissionError(13, "Permission denied", str(path))))
+    assert cli.main(["train", *TINY, "--out", str(tmp_path / "r")]) == 74
+    assert one_error_line(capsys.readouterr().err, "train").endswith(f"{path}: Permission denied")
 
 
-# --- fnn/plot.py --------------------------------------------------------------------------------------------
-
-HISTORY = {"epoch": [1, 2, 3], "train_loss": [1.0, 0.5, 0.3], "test_loss": [0.9, 0.6, 0.5],
-           "test_accuracy": [0.7, 0.8, 0.85]}
-
-
-def test_plot_history_writes_a_png(tmp_path):
-    from fnn.plot import plot_history
-
-    path = plot_history(HISTORY, tmp_path / "curves.png", title="t")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    plot_history({**HISTORY, "diverged": {"epoch": 4}}, tmp_path / "diverged.png")
-    plot_history({"epoch": [], "train_loss": []}, tmp_path / "empty.png")
-    with pytest.raises(ValueError, match="train_loss"):
-        plot_history({"epoch": [1], "train_loss": []}, tmp_path / "bad.png")
+def test_os_error_message():
+    assert cli.os_error_message(FileExistsError(17, "File exists", "/a")) == "/a: File exists"
+    assert cli.os_error_message(OSError(18, "Invalid cross-device link", "/a", None, "/b")) == \
+        "/a -> /b: Invalid cross-device link"
+    assert cli.os_error_message(OSError("disk on fire")) == "disk on fire"
 
 
-def test_missing_matplotlib_skips_the_plot(tmp_path, monkeypatch, capsys):
-    from fnn.plot import plot_history
+# --- 130: interrupted ---------------------------------------------------------------------------------------
 
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(ImportError, match=r"pip install 'fnn\[plot\]'"):
-        plot_history(HISTORY, tmp_path / "curves.png")
-    cli._write_history(tmp_path, HISTORY, "t")
-    assert capsys.readouterr().out.strip() == cli.PLOT_SKIPPED
-    assert (tmp_path / "history.json").is_file() and not (tmp_path / "curves.png").exists()
+def test_ctrl_c_before_training_is_130(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(fnn, "load_dataset", _raise(KeyboardInterrupt()))
+    assert cli.main(["train", *TINY, "--out", str(tmp_path / "r")]) == 130
+    assert "interrupted" in one_error_line(capsys.readouterr().err, "train")
 
 
-def test_devices_more_than_exist_is_a_one_line_error(tmp_path, capsys):
-    n = len(__import__("jax").devices()) + 1
-    code = cli.main(["train", "--devices", str(n), "--epochs", "1", "--no-progress", "--out", str(tmp_path / "r")])
-    err = capsys.readouterr().err.strip()
-    assert code == 2
-    assert err.startswith("fnn: error:") and f"devices={n}" in err and "xla_force_host_platform_device_count" in err
+# --- fnn bench ----------------------------------------------------------------------------------------------
+
+def test_bench_is_found_beside_the_package_of_a_checkout(monkeypatch, tmp_path):
+    assert cli.bench_script() == ROOT / "benchmarks" / "bench.py"
+    installed = tmp_path / "site-packages" / "fnn" / "__init__.py"
+    monkeypatch.setattr(fnn, "__file__", str(installed))
+    assert cli.bench_script() is None
 
 
-def test_train_on_two_forced_host_devices(tmp_path):
-    env = {**__import__("os").environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    out = subprocess.run(
-        [sys.executable, "-m", "fnn", "train", "--devices", "2", "--epochs", "2", "--no-progress", "--out", str(tmp_path / "r")],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
-    assert out.returncode == 0, out.stderr
-    assert re.fullmatch(r"test accuracy: 0\.\d{4}", out.stdout.strip().splitlines()[-1])
+def test_bench_delegates_to_the_checkouts_benchmark(capsys):
+    assert cli.main(["bench", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: fnn bench") and "--quick" in out
+    from benchmarks import bench
+
+    assert sys.modules["benchmarks.bench"] is bench and Path(bench.__file__).resolve() == cli.bench_script()
+
+
+def test_bench_passes_its_exit_code_through(capsys):
+    assert cli.main(["bench", "--configs", "nope"]) == 2  # benchmarks/bench.py's own check and message
+    err = capsys.readouterr().err
+    assert "unknown configuration" in err and "Traceback" not in err
+
+
+def test_bench_without_a_checkout_exits_2_saying_how_to_run_it(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "bench_script", lambda: None)
+    assert cli.main(["bench", "--quick"]) == 2
+    line = one_error_line(capsys.readouterr().err, "bench")
+    assert "only with the source checkout" in line and "python benchmarks/bench.py" in line

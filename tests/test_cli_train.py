@@ -1,0 +1,236 @@
+"""Tests for fnn/cli_train.py (``fnn train``) and the plot it writes (fnn/plot.py).
+
+One real subprocess run of ``python -m fnn train`` (the console entry point end to end) and one on two forced
+host devices; everything else calls ``fnn.cli.main`` in-process, which returns the exit code instead of exiting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import pytest
+
+import fnn
+from fnn import cli, cli_train
+
+SMALL = ["--hidden", "16", "--no-progress"]  # a small network keeps the in-process runs to a few seconds
+
+
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fnn train: error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_train_then_resume(tmp_path, capsys):
+    """``python -m fnn train --epochs 3 --out DIR`` in a subprocess (progress bar on), then ``--resume DIR`` to 5;
+    then copies of the finished run folder with a bad config.json or checkpoint are refused with 2."""
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fnn", "train", "--epochs", "3", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert re.fullmatch(r"test accuracy: 0\.\d{4}", proc.stdout.strip().splitlines()[-1]), proc.stdout
+    assert "fit" in proc.stderr  # the tqdm bar goes to stderr, so stdout's last line stays the accuracy
+    for name in ("checkpoint.safetensors", "history.json", "config.json", "curves.png"):
+        assert (out / name).is_file(), name
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    history = json.loads((out / "history.json").read_text())
+    assert history["epoch"] == [1, 2, 3]
+    assert len(history["train_loss"]) == len(history["test_accuracy"]) == 3
+    assert history["test_accuracy"][-1] > 0.9  # digits, 3 epochs of the default network
+    config = json.loads((out / "config.json").read_text())
+    assert config["epochs"] == 3 and config["dataset"] == "digits" and config["hidden"] == [128]
+    assert config["output"] == "softmax" and config["network"]["sizes"] == [64, 128, 10]
+
+    assert cli.main(["train", "--resume", str(out), "--epochs", "5", "--no-progress"]) == 0
+    stdout = capsys.readouterr().out
+    assert "epochs 4-5" in stdout
+    assert re.fullmatch(r"test accuracy: 0\.\d{4}", stdout.strip().splitlines()[-1])
+    resumed = json.loads((out / "history.json").read_text())
+    assert resumed["epoch"] == [1, 2, 3, 4, 5]
+    assert resumed["train_loss"][:3] == history["train_loss"]  # the first three epochs are the saved ones
+    assert json.loads((out / "config.json").read_text())["epochs"] == 5
+
+    def broken_copy(name: str, edit) -> Path:
+        copy = tmp_path / name
+        shutil.copytree(out, copy)
+        edit(copy)
+        return copy
+
+    def set_config(key, value):
+        def edit(folder):
+            path = folder / "config.json"
+            path.write_text(json.dumps({**json.loads(path.read_text()), key: value}))
+        return edit
+
+    cases = {
+        "lr": (set_config("lr", 0.5), "other training settings .*lr: checkpoint 0.1, config.json 0.5"),
+        "hidden": (set_config("hidden", [64]), "does not match the given network"),
+        "corrupt": (lambda f: (f / "checkpoint.safetensors").write_bytes(b"junk" * 10), "not a valid fnn checkpoint"),
+        "bad_type": (set_config("epochs", "ten"), r"config.json: epochs must be a positive integer, got 'ten'"),
+        "not_json": (lambda f: (f / "config.json").write_text("{"), "config.json is not valid JSON"),
+        "not_a_dict": (lambda f: (f / "config.json").write_text("[]"), "must hold a JSON object"),
+    }
+    for name, (edit, expected) in cases.items():
+        copy = broken_copy(name, edit)
+        before = (copy / "checkpoint.safetensors").read_bytes()
+        assert cli.main(["train", "--resume", str(copy), "--epochs", "6", "--no-progress"]) == 2, name
+        assert re.search(expected, one_error_line(capsys.readouterr().err)), name
+        assert (copy / "checkpoint.safetensors").read_bytes() == before  # nothing was overwritten
+
+
+@pytest.fixture
+def fake_run(tmp_path) -> Path:
+    """A run folder as far as the option checks look: config.json and a checkpoint file."""
+    run = tmp_path / "fake-run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({**cli_train.TRAIN_DEFAULTS, "output": "softmax"}))
+    (run / "checkpoint.safetensors").write_bytes(b"")
+    return run
+
+
+def test_resume_refuses_changed_settings(fake_run, capsys):
+    assert cli.main(["train", "--resume", str(fake_run), "--lr", "0.5"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "--lr" in line and "--epochs" in line
+    assert cli.main(["train", "--resume", str(fake_run), "--out", "elsewhere"]) == 2
+    one_error_line(capsys.readouterr().err)
+
+
+def test_out_refuses_an_existing_run(fake_run, capsys):
+    assert cli.main(["train", "--out", str(fake_run)]) == 2
+    assert f"--resume {fake_run}" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--hidden", "0"], "--hidden"),
+        (["--hidden", "12,x"], "--hidden"),
+        (["--optimizer", "adamm"], "--optimizer: Unknown optimizer 'adamm'. Did you mean 'adam'?"),
+        (["--dataset", "mnist"], "--data-dir"),
+        (["--dataset", "fashion-mnist", "--data-dir", "/nonexistent/fnn-data"], "/nonexistent/fnn-data"),
+        (["--dataset", "digitz"], "Did you mean 'digits'?"),
+        (["--activation", "rleu"], "--activation: Unknown activation 'rleu'. Did you mean 'relu'?"),
+        (["--loss", "mse", "--output", "sofmax"], "--output: Unknown activation 'sofmax'. Did you mean 'softmax'?"),
+        (["--epochs", "0"], "--epochs"),
+        (["--lr", "-1"], "--lr"),
+        (["--grads", "magic"], "--grads"),
+        (["--seed", str(-2**64)], "--seed must be an integer of at most 63 bits"),
+        (["--batch-size", "100000"], "larger than the training set"),
+        (["--resume", "/nonexistent/fnn-run"], "config.json"),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(argv, expected, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", *argv]) == 2
+    assert expected in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "runs").exists()  # nothing is written before the options are known to be good
+
+
+def test_a_malformed_data_file_is_bad_input_2(tmp_path, capsys):
+    """A corrupt IDX file is the user's data (exit 2), not a bug: the message names the file."""
+    data = tmp_path / "mnist"
+    data.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (data / name).write_bytes(b"\0\0\x08\x01\0\0\0\x05abc")  # says 5 bytes, holds 3
+    assert cli.main(["train", "--dataset", "mnist", "--data-dir", str(data), "--out", str(tmp_path / "r")]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "train-images-idx3-ubyte" in line and "truncated" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_interrupt_exits_130_and_can_be_resumed(tmp_path, capsys, monkeypatch):
+    real_fit = fnn.fit
+
+    def interrupted_fit(*args, callback, **kwargs):
+        def press_ctrl_c(epoch, history):
+            callback(epoch, history)
+            raise KeyboardInterrupt
+
+        return real_fit(*args, callback=press_ctrl_c, **kwargs)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(fnn, "fit", interrupted_fit)
+    assert cli.main(["train", *SMALL, "--epochs", "3", "--out", str(out)]) == 130
+    line = one_error_line(capsys.readouterr().err)
+    assert "interrupted after 1 epoch" in line and f"fnn train --resume {out}" in line
+    assert json.loads((out / "history.json").read_text())["epoch"] == [1]
+    monkeypatch.setattr(fnn, "fit", real_fit)
+    assert cli.main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
+    assert json.loads((out / "history.json").read_text())["epoch"] == [1, 2]
+
+
+def test_divergence_exits_1_with_the_message(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", *SMALL, "--lr", "1e4", "--epochs", "2", "--out", str(out)]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert "diverged" in line and "smaller learning rate" in line
+    assert "diverged" in json.loads((out / "history.json").read_text())
+
+
+def test_devices_more_than_exist_is_a_one_line_error(tmp_path, capsys):
+    n = len(jax.devices()) + 1
+    code = cli.main(["train", "--devices", str(n), "--epochs", "1", "--no-progress", "--out", str(tmp_path / "r")])
+    line = one_error_line(capsys.readouterr().err)
+    assert code == 2
+    assert line.startswith("fnn train: error: --devices:") and f"devices={n}" in line
+    assert "xla_force_host_platform_device_count" in line
+    assert not (tmp_path / "r").exists()
+
+
+def _two_devices(tmp_path, *argv):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    return subprocess.run(
+        [sys.executable, "-m", "fnn", "train", "--devices", "2", "--epochs", "2", "--no-progress",
+         "--out", str(tmp_path / "r"), *argv],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+
+
+def test_train_on_two_forced_host_devices(tmp_path):
+    proc = _two_devices(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert re.fullmatch(r"test accuracy: 0\.\d{4}", proc.stdout.strip().splitlines()[-1])
+    proc = _two_devices(tmp_path / "odd", "--batch-size", "33")
+    assert proc.returncode == 2
+    assert "--batch-size 33 must be divisible by --devices 2" in one_error_line(proc.stderr)
+
+
+# --- write_history and fnn/plot.py --------------------------------------------------------------------------
+
+HISTORY = {"epoch": [1, 2, 3], "train_loss": [1.0, 0.5, 0.3], "test_loss": [0.9, 0.6, 0.5],
+           "test_accuracy": [0.7, 0.8, 0.85]}
+
+
+def test_plot_history_writes_a_png(tmp_path):
+    from fnn.plot import plot_history
+
+    path = plot_history(HISTORY, tmp_path / "curves.png", title="t")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plot_history({**HISTORY, "diverged": {"epoch": 4}}, tmp_path / "diverged.png")
+    plot_history({"epoch": [], "train_loss": []}, tmp_path / "empty.png")
+    with pytest.raises(ValueError, match="train_loss"):
+        plot_history({"epoch": [1], "train_loss": []}, tmp_path / "bad.png")
+
+
+def test_missing_matplotlib_skips_the_plot(tmp_path, monkeypatch, capsys):
+    from fnn.plot import plot_history
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match=r"pip install 'fnn\[plot\]'"):
+        plot_history(HISTORY, tmp_path / "curves.png")
+    cli_train.write_history(tmp_path, HISTORY, "t")
+    assert capsys.readouterr().out.strip() == cli_train.PLOT_SKIPPED == cli.PLOT_SKIPPED
+    assert json.loads((tmp_path / "history.json").read_text()) == HISTORY
+    assert not (tmp_path / "curves.png").exists()
