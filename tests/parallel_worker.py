@@ -50,7 +50,7 @@ def rel_err(a, b) -> float:
     import jax
 
     errs = []
-    for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
         u, v = np.asarray(u, np.float64), np.asarray(v, np.float64)
         errs.append(float(np.max(np.abs(u - v))) / float(np.max(np.abs(v))) if np.any(v) else float(np.max(np.abs(u))))
     return max(errs)
@@ -82,7 +82,8 @@ def single(out: str) -> None:
         for devices in ((2, 4, "list") if grads == "manual" else (4,)):
             devs = jax.devices() if devices == "list" else devices
             p, l = fnn.sgd_step(net, LOSS, learning_rate=0.3, grads=grads, devices=devs)(params, xb, yb)
-            result[f"step_{grads}_{devices}"] = {"params": rel_err(p, ref_p), "loss": abs(float(l) - float(ref_l)) / float(ref_l),
+            result[f"step_{grads}_{devices}"] = {"params": rel_err(p, ref_p),
+                                                 "loss": abs(float(l) - float(ref_l)) / float(ref_l),
                                                  "sharding": str(p[0]["w"].sharding.spec),
                                                  "num_devices": len(p[0]["w"].sharding.device_set)}
     opt = optax.adam(1e-2)
@@ -124,8 +125,9 @@ def single(out: str) -> None:
 
     # errors
     result["error_step_indivisible"] = _error(lambda: fnn.sgd_step(net32, LOSS, devices=4)(params32, x32[:10], y[:10]))
-    result["error_fit_indivisible"] = _error(lambda: fnn.fit(net32, params32, (x32, y), loss=LOSS, epochs=1, batch_size=10,
-                                                             key=jax.random.key(1), progress=False, devices=4))
+    result["error_fit_indivisible"] = _error(lambda: fnn.fit(net32, params32, (x32, y), loss=LOSS, epochs=1,
+                                                             batch_size=10, key=jax.random.key(1), progress=False,
+                                                             devices=4))
     result["error_too_many"] = _error(lambda: fnn.sgd_step(net32, LOSS, devices=5))
     with open(out, "w") as f:
         json.dump(result, f)

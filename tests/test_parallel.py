@@ -147,8 +147,8 @@ def reference():
     with jax.enable_x64(True):
         net, params = worker.net_and_params()
         x, y = worker.problem()
-        batches = [(x[worker.STEP_BATCH * k:worker.STEP_BATCH * (k + 1)], y[worker.STEP_BATCH * k:worker.STEP_BATCH * (k + 1)])
-                   for k in range(worker.STEPS)]
+        rows = [slice(worker.STEP_BATCH * k, worker.STEP_BATCH * (k + 1)) for k in range(worker.STEPS)]
+        batches = [(x[r], y[r]) for r in rows]
         step = fnn.sgd_step(net, worker.LOSS, learning_rate=0.3)
         p, losses = params, []
         for xb, yb in batches:

@@ -52,7 +52,7 @@ def test_manual_equals_autodiff_on_random_problems(problem):
         (value, manual), (ref_value, auto) = both(params, jnp.asarray(x), jnp.asarray(y))
         assert np.isfinite(float(value)), problem
         np.testing.assert_allclose(float(value), float(ref_value), rtol=1e-12, atol=1e-15)
-        for g, w in zip(jax.tree_util.tree_leaves(manual), jax.tree_util.tree_leaves(auto)):
+        for g, w in zip(jax.tree_util.tree_leaves(manual), jax.tree_util.tree_leaves(auto), strict=True):
             assert g.shape == w.shape and g.dtype == w.dtype == jnp.float64
             assert np.all(np.isfinite(g))
             scale = float(np.max(np.abs(np.asarray(w)), initial=0.0))
@@ -74,6 +74,6 @@ def test_vmap_init_equals_loop(sizes, members, bias, init, seed):
     init = jax.jit(net.init)
     for i, key in enumerate(keys):
         member = init(key)
-        for got, want in zip(jax.tree_util.tree_leaves(stacked), jax.tree_util.tree_leaves(member)):
+        for got, want in zip(jax.tree_util.tree_leaves(stacked), jax.tree_util.tree_leaves(member), strict=True):
             assert got.shape == (members, *want.shape)
             np.testing.assert_array_equal(got[i], want)
