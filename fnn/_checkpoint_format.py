@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Mapping
@@ -17,16 +18,23 @@ import jax
 import ml_dtypes
 import numpy as np
 
+from fnn._files import open_regular
+
 __all__ = [
-    "DIGEST_KEY", "FORMAT_NAME", "MAX_HEADER_BYTES", "META_KEY", "NATIVE", "VIEWED",
+    "DIGEST_KEY", "FORMAT_NAME", "MAX_HEADER_BYTES", "MAX_TENSORS", "META_KEY", "NATIVE", "VIEWED",
     "atomic_write", "check_metadata", "decode", "digest", "encode", "invalid", "read_checked",
 ]
 
 FORMAT_NAME = "fnn.checkpoint"
 META_KEY = "fnn"
 DIGEST_KEY = "fnn_sha256"
-#: safetensors itself refuses headers above 100 MB; we check before reading anything else.
-MAX_HEADER_BYTES = 100_000_000
+#: The largest safetensors header (JSON) an fnn checkpoint may have, checked before anything else is read. A
+#: checkpoint's header grows with its tensors (about 100 bytes each) and with fit's history in the metadata
+#: (about 100 bytes per epoch), so 64 MiB holds some 600,000 epochs; safetensors itself stops at 100 MB.
+MAX_HEADER_BYTES = 64 * 2**20
+#: The most tensors an fnn checkpoint may declare: 2 per layer, 2 more per layer for adam's moments, a few
+#: arrays, so 65,536 allows a network of over 10,000 layers. A header declaring more is refused before parsing.
+MAX_TENSORS = 65_536
 
 #: dtypes safetensors' numpy backend stores directly.
 NATIVE = {
@@ -134,11 +142,20 @@ def invalid(path: Path, reason: str) -> ValueError:
     return ValueError(f"{path} is not a valid fnn checkpoint: {reason}.")
 
 
-def read_checked(path: Path) -> tuple[bytes, int]:
-    """The file's bytes and header length, after checking the 8-byte header length against the file size."""
+def read_checked(path: Path) -> tuple[bytes, int, dict]:
+    """The file's bytes, header length and parsed safetensors header, after bounding what the file claims.
+
+    Only a regular file is opened (a FIFO would block, a dangling symbolic link is not "no checkpoint"). The
+    8-byte header length is checked against the file size and :data:`MAX_HEADER_BYTES`, and the number of
+    tensors the header declares against :data:`MAX_TENSORS` (counted on the raw bytes first, then on the parsed
+    header), all before safetensors parses anything: a hostile header of a million tensors is refused in
+    milliseconds instead of costing seconds and gigabytes.
+    """
     try:
-        f = open(path, "rb")
+        f = open_regular(path, "a checkpoint")
     except FileNotFoundError as e:
+        if os.path.islink(path):  # dangling: check_regular_file's message gives the link's target
+            raise
         raise FileNotFoundError(e.errno, f"No checkpoint file at {path}", str(path)) from None
     with f:
         size = os.fstat(f.fileno()).st_size
@@ -146,12 +163,30 @@ def read_checked(path: Path) -> tuple[bytes, int]:
         if len(head) < 8:
             raise invalid(path, f"the file has {size} bytes, fewer than the 8-byte safetensors header length")
         header_len = int.from_bytes(head, "little")
-        if not 2 <= header_len <= min(size - 8, MAX_HEADER_BYTES):
+        if not 2 <= header_len <= size - 8:
             raise invalid(path, f"its header claims {header_len} bytes but the file has {size} bytes in all")
+        if header_len > MAX_HEADER_BYTES:
+            raise invalid(path, f"its header claims {header_len} bytes, more than the {MAX_HEADER_BYTES} an fnn "
+                                f"checkpoint's header may have")
         data = head + f.read(size - 8)
     if len(data) != size:
         raise invalid(path, f"the file changed size while being read ({size} -> {len(data)} bytes)")
-    return data, header_len
+    raw = data[8 : 8 + header_len]
+    _check_tensor_count(path, raw.count(b'"data_offsets"'))  # cheap upper bound, before any parsing
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise invalid(path, f"its safetensors header is not valid JSON ({type(e).__name__}: {e})") from e
+    if not isinstance(header, dict):
+        raise invalid(path, f"its safetensors header is a JSON {type(header).__name__}, not an object")
+    _check_tensor_count(path, sum(k != "__metadata__" for k in header))
+    return data, header_len, header
+
+
+def _check_tensor_count(path: Path, count: int) -> None:
+    if count > MAX_TENSORS:
+        raise invalid(path, f"its header declares {count} tensors, more than the {MAX_TENSORS} an fnn checkpoint "
+                            f"may hold")
 
 
 def atomic_write(path: Path, data: bytes) -> None:

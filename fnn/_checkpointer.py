@@ -1,8 +1,9 @@
 """The checkpointer of ``fit``: one ``checkpoint.safetensors`` per run folder, saved atomically and restored with
-the resume checks (the same network, the same training configuration)."""
+the resume checks (the same network, the same training configuration, metadata that makes sense)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import jax
@@ -11,9 +12,66 @@ import jax.numpy as jnp
 from fnn import checkpoint
 from fnn.network import Network
 
-__all__ = ["CHECKPOINT_NAME", "Checkpointer", "Restored"]
+__all__ = ["CHECKPOINT_NAME", "PER_EPOCH", "Checkpointer", "Restored", "check_run_metadata", "restored_key"]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
+#: The per-epoch lists of a history (``epoch`` and ``train_loss`` always; the others when recorded).
+PER_EPOCH = ("epoch", "train_loss", "epoch_time", "test_loss", "test_accuracy")
+
+
+def check_run_metadata(path: str | os.PathLike, metadata: dict) -> tuple[int, dict, dict]:
+    """``(epoch, history, config)`` of a checkpoint ``fit`` wrote, after checking every field resume reads.
+
+    The rules (each is what ``fit`` writes, so a file that breaks one was edited or made by something else):
+    ``config`` is a dict; ``history`` is a dict whose per-epoch lists (:data:`PER_EPOCH`, ``epoch`` and
+    ``train_loss`` required) all have the same length ``n``, with ``history["epoch"] == [1, ..., n]`` and
+    numbers (or null) as entries; ``earlier_divergences``, when present, is a list; ``epoch`` is an int with
+    ``epoch == n`` (a checkpoint is saved after recording its epochs, so ``epoch >= 0``).
+
+    Raises:
+      ValueError: naming the file and the field, e.g. "... metadata field 'epoch' must be an integer >= 0, got
+        'abc'".
+    """
+    def bad(field: str, rule: str, value) -> ValueError:
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        return ValueError(f"{path} cannot be resumed: its metadata field {field!r} must be {rule}, got {shown}.")
+
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_number(v) -> bool:
+        return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+    for field in ("epoch", "history", "config"):
+        if field not in metadata:
+            raise ValueError(f"{path} cannot be resumed: its metadata has no {field!r} field (found "
+                             f"{sorted(metadata)}); is it a checkpoint written by fit?")
+    epoch, history, config = metadata["epoch"], metadata["history"], metadata["config"]
+    if not isinstance(config, dict):
+        raise bad("config", "a dict of training settings", config)
+    if not isinstance(history, dict):
+        raise bad("history", "a dict of per-epoch lists", history)
+    lists = {name: history[name] for name in PER_EPOCH if name in history}
+    for name in ("epoch", "train_loss"):
+        if name not in lists:
+            raise bad("history", f"a dict with the {name!r} list", sorted(history))
+    for name, values in lists.items():
+        if not isinstance(values, list) or not all(is_number(v) for v in values):
+            raise bad(f"history.{name}", "a list of numbers", values)
+    n = len(lists["epoch"])
+    for name, values in lists.items():
+        if len(values) != n:
+            raise ValueError(f"{path} cannot be resumed: its metadata field 'history.{name}' has {len(values)} "
+                             f"entries, history.epoch has {n}; every per-epoch list must be as long.")
+    if lists["epoch"] != list(range(1, n + 1)):
+        raise bad("history.epoch", f"the epochs 1 to {n} in order", lists["epoch"])
+    if not isinstance(history.get("earlier_divergences", []), list):
+        raise bad("history.earlier_divergences", "a list", history["earlier_divergences"])
+    if not is_int(epoch) or epoch < 0:
+        raise bad("epoch", "an integer >= 0", epoch)
+    if epoch != n:
+        raise bad("epoch", f"the number of epochs its history records ({n})", epoch)
+    return epoch, history, config
 
 
 class Restored:
@@ -21,6 +79,16 @@ class Restored:
 
     def __init__(self, params, opt_state, epoch: int, history: dict, key):
         self.params, self.opt_state, self.epoch, self.history, self.key = params, opt_state, epoch, history, key
+
+
+def restored_key(path, arrays: dict):
+    """The PRNG key a checkpoint of ``fit`` stores as ``arrays/key`` (its ``key_data``), wrapped again."""
+    if "key" not in arrays:
+        raise ValueError(f"{path} cannot be resumed: it has no 'arrays/key' tensor (the run's PRNG key).")
+    try:
+        return jax.random.wrap_key_data(jnp.asarray(arrays["key"]))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path} cannot be resumed: its 'arrays/key' tensor is not a PRNG key ({e})") from e
 
 
 class Checkpointer:
@@ -53,23 +121,28 @@ class Checkpointer:
         """The saved state, or None when the folder has no checkpoint yet (a fresh run that may be resumed).
 
         Raises:
-          ValueError: no directory was given, the checkpoint is invalid or for another network, or the
-            training configuration differs from the saved one.
+          ValueError: no directory was given; the checkpoint is invalid, not a regular file (a FIFO), for another
+            network, or its metadata breaks :func:`check_run_metadata`'s rules; or the training configuration
+            differs from the saved one.
+          OSError: the checkpoint is a dangling symbolic link (``FileNotFoundError``) or a link loop.
         """
         if self.path is None:
             raise ValueError("resume=True needs checkpoint_dir, the folder holding checkpoint.safetensors.")
-        if not self.path.exists():
+        if not os.path.lexists(self.path):  # a dangling symbolic link is an error (load says so), not "none yet"
             return None
         template = opt_state_like if self.with_opt_state else None
         ckpt = checkpoint.load(self.path, self.net, opt_state_like=template)
-        saved = ckpt.metadata.get("config", {})
+        epoch, history, saved = check_run_metadata(self.path, ckpt.metadata)
         differ = {k: (saved.get(k), v) for k, v in self.config.items() if saved.get(k) != v}
         if differ:
             detail = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in differ.items())
             raise ValueError(f"Cannot resume from {self.path}: the training configuration differs ({detail}).")
-        key = jax.random.wrap_key_data(jnp.asarray(ckpt.arrays["key"]))
+        if self.with_opt_state and ckpt.opt_state is None:
+            raise ValueError(f"Cannot resume from {self.path}: it holds no optimizer state, but the run uses "
+                             f"optimizer {self.config.get('optimizer')!r}.")
+        key = restored_key(self.path, ckpt.arrays)
         opt_state = ckpt.opt_state if ckpt.opt_state is not None else ()
-        return Restored(ckpt.params, opt_state, int(ckpt.metadata["epoch"]), ckpt.metadata["history"], key)
+        return Restored(ckpt.params, opt_state, epoch, history, key)
 
     def resume_hint(self) -> str:
         """How to continue an interrupted run from this folder."""

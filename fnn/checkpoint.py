@@ -182,10 +182,12 @@ def load(path: str | os.PathLike, net: Network | None = None, *, opt_state_like:
     path = Path(path)
     if net is not None and not isinstance(net, Network):
         raise TypeError(f"load's net must be None or a Network (from fnn.mlp), got {type(net).__name__}.")
-    data, header_len = fmt.read_checked(path)
+    data, _, header = fmt.read_checked(path)  # regular file, bounded header size and tensor count
     try:
         tensors = safetensors.numpy.load(data)
-        st_meta = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
+        st_meta = header.get("__metadata__") or {}
+        if not isinstance(st_meta, dict):
+            raise TypeError(f"__metadata__ is a {type(st_meta).__name__}")
     except Exception as e:  # safetensors raises SafetensorError, KeyError (unknown dtype), ...
         raise fmt.invalid(path, f"it is not a readable safetensors file ({type(e).__name__}: {e})") from e
     if fmt.META_KEY not in st_meta:

@@ -19,7 +19,9 @@ from typing import Optional, Union
 
 import numpy as np
 
-__all__ = ["FASHION_MNIST_DIR", "IDX_DTYPES", "PathLike", "Split", "fashion_mnist", "load_idx", "mnist"]
+from fnn._files import open_regular
+
+__all__ = ["FASHION_MNIST_DIR", "IDX_DTYPES", "MNIST_FILES", "PathLike", "Split", "fashion_mnist", "load_idx", "mnist"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: ``((x_train, y_train), (x_test, y_test))``.
@@ -117,8 +119,10 @@ def load_idx(path: PathLike) -> np.ndarray:
       ``np.ndarray`` with the header's shape and dtype, in native byte order.
 
     Raises:
-      FileNotFoundError: ``path`` does not exist.
-      ValueError: the file is empty, not IDX (wrong magic), has an unknown dtype code or a number of
+      FileNotFoundError: ``path`` does not exist or is a dangling symbolic link.
+      IsADirectoryError: ``path`` is a folder.
+      ValueError: ``path`` is a FIFO, socket or device (refused before it is opened, so it cannot block); the file
+        is empty, not IDX (wrong magic), has an unknown dtype code or a number of
         dimensions outside 1..16, is truncated, has trailing bytes, or is a corrupt gzip stream. The message
         names the file and says what was expected and what was found.
 
@@ -128,7 +132,7 @@ def load_idx(path: PathLike) -> np.ndarray:
       ((10000,), dtype('uint8'))
     """
     name = os.fspath(path)
-    with open(name, "rb") as raw:
+    with open_regular(name, "an IDX file") as raw:  # a FIFO or device would block or never end
         if raw.read(2) != b"\x1f\x8b":
             raw.seek(0)
             return _read_idx(raw, name, os.fstat(raw.fileno()).st_size)
@@ -151,6 +155,8 @@ _MNIST_STEMS = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
+#: The four files of an MNIST-format folder (each raw or ``.gz``).
+MNIST_FILES = tuple(_MNIST_STEMS.values())
 
 
 def _candidates(stem: str) -> list[str]:
@@ -160,19 +166,33 @@ def _candidates(stem: str) -> list[str]:
     return [stem, stem + ".gz", dotted, dotted + ".gz"]
 
 
+#: How to get each data set's four files, for the message about a missing folder.
+_WHERE = "pass their folder as data_dir (fnn train --data-dir DIR)"
+_HOW_TO_GET = {
+    "mnist": f"download MNIST's four files (yann.lecun.com/exdb/mnist or one of its mirrors) and {_WHERE}",
+    "fashion_mnist": f"install them with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu; into "
+                     f"{FASHION_MNIST_DIR}, the default folder), or download them from "
+                     f"github.com/zalandoresearch/fashion-mnist and {_WHERE}",
+}
+
+
 def _find_mnist_files(folder: Path, what: str) -> dict[str, Path]:
-    found, missing = {}, []
-    for part, stem in _MNIST_STEMS.items():
-        hit = next((folder / c for c in _candidates(stem) if (folder / c).is_file()), None)
-        if hit is None:
-            missing.append(stem)
-        else:
-            found[part] = hit
-    if missing:
-        expected = ", ".join(f"{s}[.gz]" for s in _MNIST_STEMS.values())
-        state = "does not exist" if not folder.is_dir() else f"lacks {', '.join(f'{m}[.gz]' for m in missing)}"
-        raise FileNotFoundError(f"{what}: folder {folder} {state}; expected the files {expected} in it.")
-    return found
+    # lexists, not is_file: a FIFO or a dangling link is found here and refused by load_idx with its reason,
+    # instead of being reported as missing (or, for a FIFO, blocking the read).
+    found = {part: next((folder / c for c in _candidates(stem) if os.path.lexists(folder / c)), None)
+             for part, stem in _MNIST_STEMS.items()}
+    if all(found.values()):
+        return found
+    names = {part: f"{stem}[.gz]" for part, stem in _MNIST_STEMS.items()}
+    missing = ", ".join(names[part] for part, hit in found.items() if hit is None)
+    present = ", ".join(hit.name for hit in found.values() if hit is not None)
+    if not folder.is_dir():
+        state = f"does not exist; it should hold the four files {', '.join(names.values())}"
+    elif not present:
+        state = f"holds none of the four files {missing}"
+    else:
+        state = f"has {present} but lacks {missing}"
+    raise FileNotFoundError(f"{what}: folder {folder} {state}. To get them, {_HOW_TO_GET[what]}.")
 
 
 def _images_and_labels(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -363,3 +363,37 @@ def test_lying_header_length_is_refused_before_reading(saved):
     message = rf"liar.safetensors is not a valid fnn checkpoint: its header claims {2**60} bytes"
     with pytest.raises(ValueError, match=message):
         checkpoint.load(bad)
+
+
+# --- only regular files: FIFOs, dangling links and link loops ----------------------------------------------
+
+def test_a_fifo_checkpoint_is_refused_without_blocking(tmp_path):
+    """It used to block forever in ``open`` (a FIFO has no writer)."""
+    import signal
+
+    fifo = tmp_path / "ckpt.safetensors"
+    os.mkfifo(fifo)
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("checkpoint.load blocked on a FIFO"))
+    signal.alarm(10)
+    try:
+        with pytest.raises(ValueError, match=rf"{fifo} is a FIFO \(named pipe\), not a regular file"):
+            checkpoint.load(fifo)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+
+def test_broken_links_are_errors_naming_the_path_and_a_link_to_a_file_loads(tmp_path, saved):
+    dangling = tmp_path / "dangling.safetensors"
+    dangling.symlink_to(tmp_path / "gone.safetensors")
+    with pytest.raises(FileNotFoundError, match="dangling symbolic link to .*gone.safetensors") as info:
+        checkpoint.load(dangling)
+    assert info.value.filename == str(dangling)
+    loop = tmp_path / "loop.safetensors"
+    loop.symlink_to(loop)
+    with pytest.raises(OSError, match="Too many levels of symbolic links") as info:
+        checkpoint.load(loop)
+    assert info.value.filename == str(loop)
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(saved)
+    assert checkpoint.load(link).metadata == checkpoint.load(saved).metadata

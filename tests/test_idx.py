@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import re
 import struct
 import tempfile
 import time
@@ -269,6 +270,48 @@ def test_mnist_missing_folder_and_files(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"lacks t10k-images-idx3-ubyte\[\.gz\]") as info:
         fidx.mnist(tmp_path)
     assert str(tmp_path) in str(info.value)
+
+
+@pytest.mark.parametrize("loader, how", [
+    (fidx.fashion_mnist, r"apt-get install dataset-fashion-mnist`.*github.com/zalandoresearch/fashion-mnist"),
+    (fidx.mnist, r"download MNIST's four files"),
+])
+@pytest.mark.parametrize("state", ["absent", "empty", "partial"])
+def test_a_missing_folder_says_how_to_get_it_and_names_each_file_once(tmp_path, loader, how, state):
+    """The message says how to get the data and how to point fnn at it, and lists each of the four files once
+    (it used to list the missing ones twice, and say nothing of where to get them)."""
+    folder = tmp_path / "data"
+    if state != "absent":
+        folder.mkdir()
+    if state == "partial":
+        write(folder / "train-labels-idx1-ubyte.gz", b"", gz=True)
+    with pytest.raises(FileNotFoundError) as info:
+        loader(folder)
+    message = str(info.value)
+    assert re.search(how, message) and "data_dir (fnn train --data-dir DIR)" in message, message
+    assert str(folder) in message
+    for name in fidx.MNIST_FILES:
+        assert message.count(name) == 1, (name, message)
+
+
+def test_a_fifo_among_the_files_is_refused_without_blocking(tmp_path):
+    """A FIFO used to block load_idx forever; in a folder it was reported as a missing file."""
+    import os
+    import signal
+
+    fake_mnist(tmp_path, gz=(False,) * 4)
+    fifo = tmp_path / "train-images-idx3-ubyte"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("reading a FIFO blocked"))
+    signal.alarm(10)
+    try:
+        for load in (fidx.load_idx, lambda _: fidx.mnist(tmp_path)):
+            with raises_naming(fifo, r"is a FIFO \(named pipe\), not a regular file"):
+                load(fifo)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
 
 
 # ---------------------------------------------------------------------------------------- real data sets
