@@ -1,17 +1,19 @@
 """The hand-written backpropagation, and the autodiff reference it is checked against.
 
 The manual path uses no ``jax.grad``, ``jax.vjp``, ``jax.jvp``, ``jax.linearize`` or ``custom_vjp``: every
-derivative comes from the :class:`~fnn.activations.Activation` and :class:`~fnn.losses.Loss` records. With
-``a_0 = x``, ``z_l = a_{l-1} w_l + b_l`` and ``a_l = f_l(z_l)`` for layers ``l = 1..L``::
+derivative comes from the :class:`~fnn.activations.Activation` and :class:`~fnn.losses.Loss` records. Layers
+are counted from 0, as everywhere in fnn (layer ``l`` is ``params[l]`` and ``trace.z[l]``; ``L`` =
+``net.num_layers - 1`` is the output layer). With ``a_{-1} = x``, ``z_l = a_{l-1} w_l + b_l`` and
+``a_l = f_l(z_l)`` for layers ``l = 0..L``::
 
     delta_L = f_L.backward(z_L, a_L, dL/da_L)          (= dL/da_L ⊙ f_L'(z_L) when f_L is elementwise)
     delta_L = (a_L - y) / N                            (softmax + cross-entropy, sigmoid + binary CE)
     delta_l = f_l.backward(z_l, a_l, delta_{l+1} w_{l+1}ᵀ)
     dL/dw_l = a_{l-1}ᵀ delta_l        dL/db_l = Σ_batch delta_l
 
-(The code counts layers from 0: ``trace.z[0]`` is the first layer's pre-activation.) Softmax and log-softmax
-backward are vector-Jacobian products ``Jᵀg`` (log-softmax's Jacobian is not symmetric). The loss value of a
-fused pair is computed from ``z_L`` (log-softmax, softplus) so logits of ±1e4 give finite losses and gradients.
+Softmax and log-softmax backward are vector-Jacobian products ``Jᵀg`` (log-softmax's Jacobian is not
+symmetric). The loss value of a fused pair is computed from ``z_L`` (log-softmax, softplus) so logits of ±1e4
+give finite losses and gradients.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 
 from fnn import losses as _losses
 from fnn._types import Array, ArrayLike, Grads, Params
-from fnn.network import Network, check_input, check_params, forward
+from fnn.network import Network, check_input, check_params, forward, numeric_array
 
 __all__ = [
     "Trace", "backprop", "autodiff", "objective", "per_example_grads", "manual_apply", "manual_objective",
@@ -54,7 +56,7 @@ def _prepare(net: Network, params: Params, x: ArrayLike, y: ArrayLike, loss):
     x2, single = check_input(net, params, x)
     if x2.shape[0] == 0:  # every loss is a batch mean: 0/0 would be a silent NaN
         raise ValueError(f"x must hold at least one example to compute a loss, got an empty batch of shape {x2.shape}.")
-    y = jnp.asarray(y)
+    y = numeric_array("y", y)  # not jnp.asarray: int64 labels must be range-checked before a cast to int32
     if single:
         y = y[None]
     elif y.ndim >= 1 and y.shape[0] != x2.shape[0]:

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 
 from fnn import divergence
-from fnn._checks import check_data, check_fit_args, positive_number
+from fnn._checks import check_data, check_fit_args, check_memory, positive_number
 from fnn._epoch import all_finite
 from fnn._history import new_history, progress_bar, record_epoch, show_epoch
 from fnn._program import program
@@ -142,6 +142,7 @@ def fit_ensemble(
     if keys.shape[:1] != (k,):
         raise ValueError(f"keys must hold one PRNG key per member ({k}), got shape {keys.shape}.")
     prog = program(net, loss_rec, grads, optimizer, rate, x.shape[0], batch_size, strict=strict, unroll=unroll)
+    check_memory(params, prog.optimizer, strict=strict, what="fit_ensemble")  # before anything is allocated
     stateful = prog.optimizer is not None
     opt_state = jax.vmap(prog.optimizer.init)(params) if stateful else ()
     epoch_fn = _member_epochs(prog.epoch, stateful)

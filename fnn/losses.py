@@ -40,6 +40,7 @@ import numpy as np
 from fnn import activations as _act
 from fnn._registry import lookup
 from fnn._types import Array
+from fnn.network import numeric_array
 
 __all__ = ["Loss", "Fused", "get", "names", "register", "fused", "natural_output", "check_targets", "REGISTRY"]
 
@@ -283,11 +284,18 @@ def natural_output(loss: str | Loss) -> str | None:
 
 
 def check_label_range(loss: Loss, labels: np.ndarray, n_out: int) -> None:
-    """Raise ``ValueError`` unless the concrete integer ``labels`` of a sparse loss lie in ``[0, n_out)``."""
-    if labels.size and (labels.min() < 0 or labels.max() >= n_out):
+    """Raise ``ValueError`` unless the concrete integer ``labels`` of a sparse loss lie in ``[0, n_out)``, naming
+    the first label outside it and its index. Check host labels before any cast: int64 labels of 2**31 and
+    above would wrap into the range (4294967297 -> 1) in JAX without x64."""
+    labels = np.asarray(labels)
+    outside = (labels < 0) | (labels >= n_out)
+    if labels.size and outside.any():
+        first = np.unravel_index(np.argmax(outside), labels.shape)
+        index = first[0] if len(first) == 1 else tuple(int(i) for i in first)
         raise ValueError(
             f"Loss {loss.name!r}: labels must lie in [0, {n_out}) for a network with {n_out} outputs, "
-            f"got labels from {labels.min()} to {labels.max()}."
+            f"got label {labels[first]} at index {index} ({int(outside.sum())} outside; labels from "
+            f"{labels.min()} to {labels.max()})."
         )
 
 
@@ -296,13 +304,15 @@ def check_targets(loss: Loss, y, n_out: int, batch: int, dtype=None) -> Array:
 
     Dense losses take ``y`` of shape ``(batch, n_out)``, or ``(batch,)`` when ``n_out == 1``. Sparse losses
     take integer labels of shape ``(batch,)`` in ``[0, n_out)``; the range is checked when the labels are
-    concrete (not under ``jit``). Dense targets are cast to ``dtype`` (the network's) when it is given.
+    concrete, on the host at their own width (int64 labels of 2**31 and above are refused, not wrapped by a
+    cast to int32); labels that are JAX tracers (under the caller's ``jit``) cannot be checked. Dense targets
+    are cast to ``dtype`` (the network's) when it is given; integer ones on the host, at full width.
 
     Raises:
       ValueError: wrong shape, batch size or one-hot width, or labels out of range.
-      TypeError: float labels for a sparse loss.
+      TypeError: float labels for a sparse loss; targets of objects, strings or complex numbers.
     """
-    y = jnp.asarray(y)
+    y = numeric_array("y", y)  # NumPy (full width) or a JAX array: nothing narrowed yet
     if loss.sparse:
         if not jnp.issubdtype(y.dtype, jnp.integer):
             raise TypeError(
@@ -318,7 +328,7 @@ def check_targets(loss: Loss, y, n_out: int, batch: int, dtype=None) -> Array:
         except jax.errors.TracerArrayConversionError:
             return y
         check_label_range(loss, labels, n_out)
-        return y
+        return jnp.asarray(y)  # in [0, n_out) now, so a cast to int32 cannot wrap
     if y.ndim == 1 and n_out == 1 and y.shape[0] == batch:
         y = y[:, None]
     if y.shape != (batch, n_out):
@@ -326,6 +336,9 @@ def check_targets(loss: Loss, y, n_out: int, batch: int, dtype=None) -> Array:
             f"Loss {loss.name!r} expects targets of shape ({batch}, {n_out}) to match the network output "
             f"(batch {batch}, {n_out} outputs), got shape {y.shape}."
         )
+    if isinstance(y, np.ndarray) and not jnp.issubdtype(y.dtype, jnp.inexact):
+        y = y.astype(jnp.result_type(float) if dtype is None else dtype)  # on the host: int64 would wrap in JAX
+    y = jnp.asarray(y)
     if dtype is not None:
         y = y.astype(dtype)
     elif not jnp.issubdtype(y.dtype, jnp.floating):

@@ -2,9 +2,9 @@
 
 A :class:`Network` is a NamedTuple: the static description of its layers plus two pure functions,
 ``init(key) -> params`` and ``apply(params, x) -> output``. Params are a plain list with one dict per layer,
-``{"w": (n_in, n_out), "b": (n_out,)}`` (no ``"b"`` key when ``bias=False``). Layer ``l`` computes
-``z_l = a_{l-1} @ w_l + b_l`` and ``a_l = f_l(z_l)`` with ``a_0 = x``; the textbook's ``W`` of shape
-``(n_out, n_in)`` acting on a column vector is ``w.T`` here, acting on a row vector.
+``{"w": (n_in, n_out), "b": (n_out,)}`` (no ``"b"`` key when ``bias=False``). Layers are counted from 0:
+layer ``l`` (``params[l]``) computes ``z_l = a_{l-1} @ w_l + b_l`` and ``a_l = f_l(z_l)`` with ``a_{-1} = x``;
+the textbook's ``W`` of shape ``(n_out, n_in)`` acting on a column vector is ``w.T`` here, acting on a row vector.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fnn import activations as _activations
 from fnn import initializers as _initializers
@@ -199,14 +200,17 @@ def check_params(net: Network, params: Params) -> None:
             actual = tuple(jnp.shape(layer[name]))
             if actual != shape:
                 raise ValueError(f"Layer {l}: expected {name} of shape {shape}, got {actual}.")
-            if not jnp.issubdtype(jnp.result_type(layer[name]), jnp.inexact):
-                raise TypeError(f"Layer {l}: expected {name} of a floating dtype, got {jnp.result_type(layer[name])}.")
+            dtype = getattr(layer[name], "dtype", None)
+            dtype = np.asarray(layer[name]).dtype if dtype is None else dtype
+            if not jnp.issubdtype(dtype, jnp.floating):  # complex is inexact, but not a real float
+                raise TypeError(f"Layer {l}: expected {name} of a floating dtype (float16, bfloat16, float32 or "
+                                f"float64), got params[{l}][{name!r}] of dtype {dtype}{_dtype_hint(dtype)}.")
 
 
 def check_input(net: Network, params: Params, x: ArrayLike) -> tuple[Array, bool]:
     """Validate params and input; return ``x`` as ``(batch, n_in)`` in the params' dtype and whether it was 1-D."""
     check_params(net, params)
-    x = jnp.asarray(x)
+    x = numeric_array("x", x)
     if x.ndim not in (1, 2):
         raise ValueError(
             f"Input must have shape ({net.sizes[0]},) or (batch, {net.sizes[0]}), got shape {x.shape} (rank {x.ndim})."
@@ -217,7 +221,42 @@ def check_input(net: Network, params: Params, x: ArrayLike) -> tuple[Array, bool
         )
     single = x.ndim == 1
     x = x[None, :] if single else x
-    return x.astype(params[0]["w"].dtype), single
+    dtype = params[0]["w"].dtype
+    if isinstance(x, np.ndarray) and not jnp.issubdtype(x.dtype, jnp.inexact):
+        x = x.astype(dtype)  # integers on the host, at full width: jnp.asarray would wrap int64 to int32 first
+    return jnp.asarray(x).astype(dtype), single
+
+
+def _dtype_hint(dtype) -> str:
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        return "; fnn's networks are real-valued and JAX would drop the imaginary part (pass .real explicitly)"
+    if not (jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_)):
+        return ("; it holds no numbers (an object or string column, e.g. from pandas, must be encoded as numbers "
+                "first: df.to_numpy(dtype='float32'))")
+    return ""
+
+
+def numeric_array(name: str, value):
+    """``value`` as an array of real numbers, without narrowing it: a JAX array (or tracer) as it is, anything
+    else as a NumPy array at full width (``jnp.asarray`` turns int64 into int32 when JAX runs without x64,
+    wrapping 2**31 to -2**31, so integers are checked and cast on the host first).
+
+    Raises:
+      TypeError: naming ``name`` and the dtype, for arrays of objects or strings (a stray pandas column, which
+        JAX would refuse with "Error interpreting argument") and for complex numbers (whose imaginary part a
+        cast to the params' dtype would drop with only a warning).
+    """
+    if not isinstance(value, jax.Array):  # tracers are jax.Arrays too: their dtype is checked, never converted
+        try:
+            value = np.asarray(value)
+        except (TypeError, ValueError) as e:  # ragged nested lists
+            raise TypeError(f"{name} must be an array of numbers, got a {type(value).__name__} NumPy cannot turn "
+                            f"into one ({e}).") from None
+    dtype = value.dtype
+    real = jnp.issubdtype(dtype, jnp.bool_) or jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)
+    if not real:
+        raise TypeError(f"{name} must be an array of real numbers, got dtype {dtype}{_dtype_hint(dtype)}.")
+    return value
 
 
 def forward(net: Network, params: Params, x: Array) -> tuple[list[Array], list[Array]]:

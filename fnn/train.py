@@ -29,7 +29,7 @@ import optax
 from fnn import _epoch, divergence, parallel
 from fnn import losses as _losses
 from fnn._checkpointer import CHECKPOINT_NAME, Checkpointer
-from fnn._checks import check_data, check_fit_args, check_grads_mode, positive_number
+from fnn._checks import check_data, check_fit_args, check_grads_mode, check_memory, positive_number
 from fnn._epoch import epoch_order
 from fnn._history import continued_history, new_history, progress_bar, record_epoch, show_epoch
 from fnn._program import Program, program
@@ -242,6 +242,7 @@ def fit(
     mesh = parallel.make_mesh(devices) if devices is not None else None
     prog = program(net, loss_rec, grads, optimizer, learning_rate, x.shape[0], batch_size, strict=strict,
                    unroll=unroll, mesh=mesh)
+    check_memory(params, prog.optimizer, strict=strict)  # before the first copy of the params is allocated
     epoch_fn = prog.epoch if mesh is not None else jax.jit(prog.epoch)
     if mesh is not None:  # the same batches, split across the devices
         x, y = parallel.replicate(mesh, (x, y))

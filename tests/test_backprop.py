@@ -50,7 +50,7 @@ def _depths(hidden, output):
 def assert_tree_close(got, want, rtol, atol_scale=0.0):
     """Leafwise ``|got - want| <= rtol |want| + atol_scale · max|want|`` with matching structure and dtypes."""
     assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
-    for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True):
         assert g.shape == w.shape and g.dtype == w.dtype
         scale = float(np.max(np.abs(np.asarray(w)))) if w.size else 0.0
         np.testing.assert_allclose(g, w, rtol=rtol, atol=atol_scale * scale)
@@ -60,7 +60,7 @@ def central_differences(f, params, coords, h=1e-6):
     """Central differences of ``f(params)`` (float64) at ``coords`` = [(layer, leaf, flat index)]."""
     out = []
     for layer, leaf, i in coords:
-        def bumped(d):
+        def bumped(d, layer=layer, leaf=leaf, i=i):
             p = [dict(l) for l in params]
             p[layer][leaf] = p[layer][leaf].reshape(-1).at[i].add(d).reshape(p[layer][leaf].shape)
             return p
@@ -94,7 +94,7 @@ def test_matrix_float64_manual_equals_autodiff_and_fd(hidden, output, loss, x64)
             np.testing.assert_allclose(float(value), float(ref_value), rtol=1e-14, err_msg=where)
             assert_tree_close(manual, auto, rtol=1e-10, atol_scale=1e-13)
             coords = sample_coords(params, seed=depth + batch)
-            fd = central_differences(lambda p: fnn.objective(net, loss)(p, x, y), params, coords)
+            fd = central_differences(lambda p, net=net, x=x, y=y: fnn.objective(net, loss)(p, x, y), params, coords)
             got = np.array([manual[l][leaf].reshape(-1)[i] for l, leaf, i in coords])
             np.testing.assert_allclose(got, fd, rtol=1e-6, atol=1e-8, err_msg=where)
             if hidden == "binary_step" and depth > 1:  # flat almost everywhere: below the top layer, zeros
@@ -112,19 +112,19 @@ def test_matrix_jit_float32(hidden, x64):
     @jax.jit
     def all_rows(args):
         return [(fnn.backprop(net, p, x, y, loss), fnn.autodiff(net, p, x, y, loss))
-                for (_, _, loss), (net, *_), (p, x, y) in zip(rows, cases, args)]
+                for (_, _, loss), (net, *_), (p, x, y) in zip(rows, cases, args, strict=True)]
 
     results = all_rows([case[1:] for case in cases])
     tol = tolerance(jnp.float32)
     up = lambda t: t.astype(jnp.float64) if jnp.issubdtype(t.dtype, jnp.floating) else t
-    for (h, o, loss), (net, p32, x32, y32), ((v32, manual), (v_auto, auto)) in zip(rows, cases, results):
+    for (h, o, loss), (net, p32, x32, y32), ((v32, manual), (v_auto, auto)) in zip(rows, cases, results, strict=True):
         row = f"{h}-{o}-{loss}"
         assert np.isfinite(float(v32)), row
         np.testing.assert_allclose(float(v32), float(v_auto), rtol=1e-6, err_msg=row)
         v64, manual64 = fnn.backprop(net, jax.tree_util.tree_map(up, p32), up(x32), up(y32), loss)
         np.testing.assert_allclose(float(v32), float(v64), rtol=1e-5, err_msg=row)
         names = [(l, k) for l in range(len(p32)) for k in sorted(p32[l])]
-        for (l, leaf), g, w, ref in zip(names, *map(jax.tree_util.tree_leaves, (manual, auto, manual64))):
+        for (l, leaf), g, w, ref in zip(names, *map(jax.tree_util.tree_leaves, (manual, auto, manual64)), strict=True):
             where = f"{row} layer {l} {leaf}"
             assert g.dtype == jnp.float32 and w.dtype == jnp.float32, where
             _, max_rel, _ = relative_error(g, w)
@@ -175,7 +175,7 @@ def test_trace_delta_is_grad_wrt_pre_activation(hidden, output, loss, transform,
     def f(perturbations):
         a = x
         acts = [hidden, hidden, output]
-        for l, (layer, act, e) in enumerate(zip(params, acts, perturbations)):
+        for l, (layer, act, e) in enumerate(zip(params, acts, perturbations, strict=True)):
             z = a @ layer["w"] + layer["b"][None, :] + e
             if l == 2:
                 return _loss_from_last_z(loss, output, z, y)
@@ -278,7 +278,7 @@ def test_per_example_grads(hidden, output, loss, x64):
     per = fnn.per_example_grads(net, params, x, y, loss)
     # each example as a batch of one, differentiated by autodiff, vmapped over the batch
     ref = jax.vmap(lambda xi, yi: fnn.autodiff(net, params, xi[None], yi[None], loss)[1])(x, y)
-    for got, want in zip(jax.tree_util.tree_leaves(per), jax.tree_util.tree_leaves(ref)):
+    for got, want in zip(jax.tree_util.tree_leaves(per), jax.tree_util.tree_leaves(ref), strict=True):
         assert got.shape[0] == 5 and got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-15)
     _, batch_grads = fnn.backprop(net, params, x, y, loss)
@@ -448,3 +448,32 @@ def test_error_unknown_loss():
     net, params = _net()
     with pytest.raises(ValueError, match="Unknown loss 'cross_entropy'"):
         fnn.backprop(net, params, jnp.ones((4, 3)), jnp.ones((4, 2)), "cross_entropy")
+
+
+FIRST_WRAPPING_LABEL = 2**32 + 1  # wraps to 1 under jnp.asarray without x64: in range, silently wrong
+
+
+@pytest.mark.parametrize("call", [
+    lambda net, p, x, y: fnn.backprop(net, p, x, y, "sparse_categorical_cross_entropy"),
+    lambda net, p, x, y: fnn.autodiff(net, p, x, y, "sparse_categorical_cross_entropy"),
+    lambda net, p, x, y: fnn.per_example_grads(net, p, x, y, "sparse_categorical_cross_entropy"),
+    lambda net, p, x, y: fnn.gradcheck(net, p, x, y, "sparse_categorical_cross_entropy", num_checks=2, taylor=False),
+], ids=["backprop", "autodiff", "per_example_grads", "gradcheck"])
+def test_error_int64_labels_beyond_int32_are_refused(call):
+    net, params = _net()
+    y = np.array([0, FIRST_WRAPPING_LABEL, 1], np.int64)
+    with pytest.raises(ValueError, match=rf"\[0, 2\).*got label {FIRST_WRAPPING_LABEL} at index 1"):
+        call(net, params, np.ones((3, 3), np.float32), y)
+
+
+def test_error_complex_object_and_string_data():
+    net, params = _net()
+    x, y = np.ones((3, 3), np.float32), np.array([0, 1, 1])
+    with pytest.raises(TypeError, match=r"^x must be an array of real numbers, got dtype complex64"):
+        fnn.backprop(net, params, x + 1j, y, "sparse_categorical_cross_entropy")
+    with pytest.raises(TypeError, match=r"^y must be an array of real numbers, got dtype <U3"):
+        fnn.backprop(net, params, x, np.array(["cat", "dog", "cat"]), "sparse_categorical_cross_entropy")
+    with pytest.raises(TypeError, match=r"^y must be an array of real numbers, got dtype complex64"):
+        fnn.autodiff(net, params, x, np.ones((3, 2), np.complex64), "mse")
+    with pytest.raises(TypeError, match=r"^x must be an array of real numbers, got dtype object"):
+        fnn.per_example_grads(net, params, x.astype(object), y, "sparse_categorical_cross_entropy")

@@ -341,3 +341,36 @@ def test_natural_output_of_a_probability_loss_is_its_fused_pair(name):
     """A network with the natural output gets the closed-form loss and delta."""
     loss = L.get(name)
     assert L.fused(A.get(L.natural_output(name)), loss) is not None
+
+
+# --- targets that must be refused, not mangled (issue 17, section 4) -----------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint64])
+def test_check_targets_labels_beyond_int32_are_refused_not_wrapped(dtype):
+    """4294967297 = 2**32 + 1 becomes 1 (in range!) under jnp.asarray without x64: the range is checked first."""
+    labels = np.array([0, 4294967297, 1, 2], dtype)
+    with pytest.raises(ValueError) as err:
+        L.check_targets(L.sparse_softmax_cross_entropy, labels, n_out=3, batch=4)
+    msg = str(err.value)
+    assert "[0, 3)" in msg and "got label 4294967297 at index 1" in msg and "1 outside" in msg
+
+
+def test_check_label_range_names_the_first_bad_label():
+    with pytest.raises(ValueError, match=r"got label -2 at index 3 \(2 outside; labels from -2 to 7\)"):
+        L.check_label_range(L.sparse_softmax_cross_entropy, np.array([0, 1, 2, -2, 7]), 3)
+
+
+def test_check_targets_dense_integers_are_cast_at_full_width():
+    y = L.check_targets(L.mse, np.array([[2**31 + 1], [-(2**40)]], np.int64), n_out=1, batch=2, dtype=jnp.float32)
+    np.testing.assert_array_equal(y, np.array([[2.0**31], [-(2.0**40)]], np.float32))
+
+
+@pytest.mark.parametrize("loss", [L.mse, L.softmax_cross_entropy, L.sparse_softmax_cross_entropy])
+@pytest.mark.parametrize("y, shown", [(np.ones((2, 3), np.complex64), "complex64"),
+                                      (np.array([["a", "b", "c"], ["a", "b", "c"]]), "<U1"),
+                                      (np.ones((2, 3)).astype(object), "object")],
+                         ids=["complex", "str", "object"])
+def test_check_targets_refuses_complex_string_and_object_targets(loss, y, shown):
+    y = y[:, 0] if loss.sparse else y
+    with pytest.raises(TypeError, match=rf"y must be an array of real numbers, got dtype {shown}"):
+        L.check_targets(loss, y, n_out=3, batch=2)

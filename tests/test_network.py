@@ -299,3 +299,64 @@ def test_b_none_is_rejected_everywhere(call, bias):
         B_NONE_CALLS[call](net, [{"w": jnp.ones((3, 2)), "b": None}], x, y, loss)
     if not bias:  # omitting the key is the way
         B_NONE_CALLS[call](net, [{"w": jnp.ones((3, 2))}], x, y, loss)
+
+
+# --- inputs and params that must be refused, not mangled (issue 17, section 4) ------------------------------
+
+def _identity_net():
+    net = fnn.mlp([1, 1])  # z = x·1 + 0: apply returns the input as the network sees it
+    return net, [{"w": jnp.ones((1, 1)), "b": jnp.zeros(1)}]
+
+
+def test_int64_input_is_cast_at_full_width_not_wrapped():
+    """JAX without x64 turns int64 into int32 on jnp.asarray (2**31 + 1 -> -2**31 + 1); integers are cast to the
+    params' dtype on the host first, so the network sees the value itself (rounded to float32)."""
+    net, params = _identity_net()
+    big = np.array([[2**31 + 1], [2**40], [-(2**35)]], np.int64)
+    np.testing.assert_array_equal(net.apply(params, big), big.astype(np.float32))
+
+
+@TRANSFORMS
+def test_complex_params_are_refused(transform):
+    net, params = _identity_net()
+    complex_params = [{"w": params[0]["w"].astype(jnp.complex64), "b": params[0]["b"]}]
+    with pytest.raises(TypeError, match=r"Layer 0: expected w of a floating dtype.*params\[0\]\['w'\] of dtype "
+                                        r"complex64.*imaginary part"):
+        transform(net.apply)(complex_params, jnp.ones((2, 1)))
+
+
+@TRANSFORMS
+def test_complex_input_is_refused(transform):
+    net, params = _identity_net()
+    with pytest.raises(TypeError, match=r"x must be an array of real numbers, got dtype complex64.*imaginary"):
+        transform(net.apply)(params, jnp.ones((2, 1), jnp.complex64))
+
+
+@pytest.mark.parametrize("x, dtype", [(np.array([[1.0], ["a"]], object), "object"),
+                                      (np.array([["1.5"], ["2"]]), "<U3"),
+                                      (np.array([[b"1"], [b"2"]]), "|S1")],
+                         ids=["object", "str", "bytes"])
+def test_object_or_string_input_is_refused_by_fnn(x, dtype):
+    """A stray pandas column (object or strings) used to fail inside JAX with "Error interpreting argument"."""
+    net, params = _identity_net()
+    with pytest.raises(TypeError) as err:
+        net.apply(params, x)
+    msg = str(err.value)
+    assert msg.startswith("x must be an array of real numbers") and f"dtype {dtype}" in msg and "pandas" in msg
+
+
+def test_object_params_are_refused_by_fnn():
+    net, params = _identity_net()
+    with pytest.raises(TypeError, match=r"params\[0\]\['b'\] of dtype object"):
+        net.apply([{"w": params[0]["w"], "b": np.array([0.0], object)}], jnp.ones((2, 1)))
+
+
+def test_numeric_array_keeps_jax_arrays_and_host_width():
+    from fnn.network import numeric_array
+
+    x = jnp.ones(3)
+    assert numeric_array("x", x) is x  # JAX arrays (and tracers) are not converted
+    host = numeric_array("y", [2**33, 1])
+    assert isinstance(host, np.ndarray) and host.dtype == np.int64 and host[0] == 2**33
+    with pytest.raises(TypeError, match=r"x must be an array of numbers, got a list"):
+        numeric_array("x", [[1, 2], [3]])
