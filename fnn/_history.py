@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["new_history", "record_epoch", "continued_history", "progress_bar", "show_epoch"]
+__all__ = ["new_history", "record_epoch", "continued_history", "EpochBar", "progress_bar", "show_epoch"]
 
 
 def new_history(*, with_test: bool) -> dict:
@@ -47,23 +47,49 @@ def continued_history(history: dict, *, with_test: bool) -> dict:
     return history
 
 
-def progress_bar(enabled: bool, *, total: int, initial: int = 0, desc: str = "fit"):
-    """A tqdm bar over epochs, or None when disabled."""
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
+class EpochBar:
+    """A tqdm bar over epochs whose clock starts once the run's first epoch is done: that epoch compiles the
+    program (seconds to minutes), so counting it would make the rate and the ETA wrong for the whole run.
+    The rate is the plain average over the compiled epochs (``smoothing=0``); the ETA shows ``?`` until the
+    second epoch of the run is done. ``tqdm`` is the underlying bar."""
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="epoch", leave=True)
+    def __init__(self, *, total: int, initial: int, desc: str):
+        from tqdm.auto import tqdm
+
+        self.tqdm = tqdm(total=total, initial=initial, desc=desc, unit="epoch", leave=True, smoothing=0)
+        self.compiled = False
+
+    def advance(self, postfix: dict) -> None:
+        bar = self.tqdm
+        bar.set_postfix(postfix, refresh=False)
+        if self.compiled:
+            bar.update(1)
+            return
+        # The first epoch of the run: count it without timing it, and start the clock now (tqdm's own clock),
+        # so no rate or ETA that includes the compilation is ever shown.
+        self.compiled = True
+        bar.n += 1
+        bar.initial = bar.last_print_n = bar.n
+        bar.start_t = bar.last_print_t = bar._time()
+        bar.refresh()
+
+    def close(self) -> None:
+        self.tqdm.close()
 
 
-def show_epoch(bar, history: dict) -> None:
-    """Advance ``bar`` by one epoch, showing the last train loss and test accuracy (first member's for a stack)."""
+def progress_bar(enabled: bool, *, total: int, initial: int = 0, desc: str = "fit") -> EpochBar | None:
+    """An :class:`EpochBar` over epochs (to stderr), or None when disabled."""
+    return EpochBar(total=total, initial=initial, desc=desc) if enabled else None
+
+
+def show_epoch(bar: EpochBar | None, history: dict) -> None:
+    """Advance ``bar`` by one epoch, showing the last ``train_loss`` and ``test_acc`` (member 0's for an ensemble;
+    no ``test_acc`` without a test set or for regression)."""
     if bar is None:
         return
     first = lambda v: v[0] if isinstance(v, list) else v
-    postfix = {"loss": f"{first(history['train_loss'][-1]):.4f}"}
+    postfix = {"train_loss": f"{first(history['train_loss'][-1]):.4f}"}
     accuracy = history.get("test_accuracy", [None])[-1]
     if accuracy is not None and first(accuracy) is not None:
-        postfix["acc"] = f"{first(accuracy):.4f}"
-    bar.set_postfix(postfix)
-    bar.update(1)
+        postfix["test_acc"] = f"{first(accuracy):.4f}"
+    bar.advance(postfix)
