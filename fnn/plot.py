@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["plot_history", "MATPLOTLIB_HINT"]
+__all__ = ["plot_history", "png_bytes", "show", "MATPLOTLIB_HINT"]
 
 MATPLOTLIB_HINT = "matplotlib is not installed (pip install 'fnn[plot]')"
 
@@ -88,3 +88,29 @@ def plot_history(history: dict, path: str | os.PathLike, *, title: str | None = 
     path = Path(path)
     fig.savefig(path, dpi=100)
     return path
+
+
+def png_bytes(fig, *, dpi: int = 110) -> bytes:
+    """A matplotlib ``Figure`` rendered to PNG bytes at ``dpi`` (no pyplot, no backend involved)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def show(fig, *, dpi: int = 110) -> None:
+    """Display a ``Figure`` in a notebook as a PNG at ``dpi``: the same image in Jupyter, in a headless run
+    (nbclient) and in the README figures the notebooks make. The kernel's own (inline) backend stays in place
+    for any pyplot figure a reader adds.
+
+    Raises:
+      ImportError: IPython is not installed (it comes with the ``notebooks`` extra).
+    """
+    try:
+        from IPython.display import Image, display
+    except ImportError as e:
+        raise ImportError("fnn.plot.show displays in a notebook and needs IPython "
+                          "(pip install 'fnn[notebooks]')") from e
+    display(Image(png_bytes(fig, dpi=dpi)))
+

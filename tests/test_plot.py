@@ -38,3 +38,21 @@ def test_stats_plots_leave_the_backend_alone(svg_backend, tmp_path):
     fig.savefig(tmp_path / "heatmap.png")
     assert (tmp_path / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
     assert matplotlib.get_backend() == svg_backend
+
+
+def test_png_bytes_and_show_render_a_figure_without_a_backend(monkeypatch):
+    """The notebooks display their figures through fnn.plot.show (they used to carry three copies of it)."""
+    from matplotlib.figure import Figure
+
+    from fnn import plot
+
+    fig = Figure(figsize=(2, 1))
+    fig.add_subplot().plot([0, 1], [1, 0])
+    png = plot.png_bytes(fig, dpi=50)
+    assert png.startswith(b"\x89PNG")
+    shown = []
+    import IPython.display
+
+    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj))
+    plot.show(fig, dpi=50)
+    assert len(shown) == 1 and shown[0].data == png

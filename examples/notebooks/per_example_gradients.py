@@ -28,28 +28,17 @@
 import time
 
 T0, CPU0 = time.perf_counter(), time.process_time()  # the notebook's run time, imports included
-import io
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from IPython.display import Image, display
 
 import fnn
 from fnn import stats
+from fnn.plot import show
 
 np.set_printoptions(precision=5, suppress=True, linewidth=110)
 
-
-def show(fig, dpi=110):
-    """Display a matplotlib Figure as a PNG at ``dpi``: the same image in Jupyter, in nbclient and in the README.
-
-    The figures are ``matplotlib.figure.Figure`` objects drawn without pyplot, so no backend is chosen here: the
-    kernel's own (inline) backend stays in place for any pyplot figure a reader adds.
-    """
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    display(Image(buf.getvalue()))
 
 
 # %%
