@@ -19,7 +19,6 @@ tests/test_data.py and tests/test_checkpoint.py. This file does not repeat them.
 
 from __future__ import annotations
 
-import functools
 import gzip
 import math
 import os
@@ -35,6 +34,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +58,10 @@ INT_P = [{k: jnp.ones(v.shape, jnp.int32) for k, v in layer.items()} for layer i
 X = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
 Y = np.array([0, 1, 2, 0, 1, 2, 0, 1], np.int32)
 YD = fnn.one_hot(Y, 3)
+COMPLEX_P = [{k: v.astype(jnp.complex64) for k, v in layer.items()} for layer in P]
+OBJECT_P = [{"w": P[0]["w"], "b": np.asarray(P[0]["b"]).astype(object)}, P[1]]
+BIG_LABELS = np.where(np.arange(8) == 3, np.int64(2**32 + 1), Y.astype(np.int64))  # int32 wraps it to 1
+HUGE = fnn.mlp([64, 10**6, 10**6, 10])  # 4.0 TB of float32 params; jax.eval_shape sizes them without allocating
 
 
 def _stack(params, k=2):
@@ -97,6 +101,12 @@ LOSS_PATH = {
 }
 
 
+# Known gaps (RELIABILITY.md, Limits): JAX converts these arguments before fnn's checks can see them.
+CUSTOM_VJP_CONVERTS = ("manual_objective's jax.custom_vjp turns x and y into JAX arrays first (int64 -> int32, "
+                       "objects refused by JAX); needs a host-side check before it in fnn/backprop.py")
+JIT_CONVERTS = ("sgd_step's jax.jit turns x and y into JAX arrays first; needs fnn.network.numeric_array on "
+                "them in fnn/train.py's _with_label_check")
+
 # fault: (params, x, y, loss, exception, pieces, xfail for these targets)
 LOSS_PATH_FAULTS = {
     "x and y batch sizes differ": (P, X, Y[:5], SPARSE, ValueError, (r"\b8\b", r"\b5\b"), {}),
@@ -125,6 +135,22 @@ LOSS_PATH_FAULTS = {
                           (r"'categorical_crossentropy'", r"Did you mean 'categorical_cross_entropy'",
                            r"Valid names: .*mse"), {}),
     "loss neither a name nor a record": (P, X, Y, 3, TypeError, (r"loss name", r"\bint\b"), {}),
+    "int64 labels of 2**32 + 1 (int32 would wrap them to 1)": (
+        P, X, BIG_LABELS, SPARSE, ValueError, (r"\[0, 3\)", r"got label 4294967297 at index 3"),
+        {"manual_objective": CUSTOM_VJP_CONVERTS}),
+    "complex inputs": (P, X.astype(np.complex64), Y, SPARSE, TypeError, (r"x must be an array of real numbers",
+                                                                         r"complex64"), {}),
+    "complex params": (COMPLEX_P, X, Y, SPARSE, TypeError, (r"Layer 0: expected w of a floating dtype",
+                                                            r"params\[0\]\['w'\] of dtype complex64"), {}),
+    "complex dense targets": (P, X, YD.astype(np.complex64), "mse", TypeError,
+                              (r"y must be an array of real numbers", r"complex64"), {}),
+    "object inputs (a stray pandas column)": (
+        P, X.astype(object), Y, SPARSE, TypeError, (r"x must be an array of real numbers", r"dtype object"),
+        {"manual_objective": CUSTOM_VJP_CONVERTS, "sgd_step": JIT_CONVERTS, "sgd_step[adam]": JIT_CONVERTS}),
+    "string labels": (P, X, np.array(list("abcabcab")), SPARSE, TypeError,
+                      (r"y must be an array of real numbers", r"dtype <U1"),
+                      {"manual_objective": CUSTOM_VJP_CONVERTS, "sgd_step": JIT_CONVERTS,
+                       "sgd_step[adam]": JIT_CONVERTS}),
 }
 
 
@@ -196,6 +222,14 @@ def _fit_ensemble(**overrides):
     return lambda tmp: fnn.fit_ensemble(NET, params, train, **kw)
 
 
+def _with_memory(available: int, call):
+    """``call`` on a machine that seems to have only ``available`` bytes free (fnn's memory check is faked)."""
+    def run(tmp):
+        with mock.patch.object(fnn._checks, "available_memory", lambda device=None: (available, "host memory")):
+            return call(tmp)
+    return run
+
+
 NAMES = r"Valid names: "
 OTHER_ROWS = [
     # mlp: sizes, names, dtype
@@ -234,6 +268,12 @@ OTHER_ROWS = [
     Row("Network", "apply: params not a list", lambda tmp: NET.apply(P[0], X), TypeError,
         (r"list of 2 layer dicts", r"dict")),
     Row("Network", "apply: integer params", lambda tmp: NET.apply(INT_P, X), TypeError, (r"floating", r"int32")),
+    Row("Network", "apply: complex input", lambda tmp: NET.apply(P, X + 1j), TypeError,
+        (r"x must be an array of real numbers", r"complex64", r"imaginary part")),
+    Row("Network", "apply: strings", lambda tmp: NET.apply(P, X.astype(str)), TypeError,
+        (r"x must be an array of real numbers", r"<U\d+", r"pandas")),
+    Row("Network", "apply: a params leaf of objects", lambda tmp: NET.apply(OBJECT_P, X), TypeError,
+        (r"floating dtype", r"params\[0\]\['b'\] of dtype object")),
     Row("Network", "apply: layer missing its bias", lambda tmp: NET.apply([{"w": P[0]["w"]}, P[1]], X), ValueError,
         (r"\['b', 'w'\]", r"\['w'\]")),
     # manual_apply: the custom_vjp bridge validates like apply
@@ -312,6 +352,12 @@ OTHER_ROWS = [
         lambda tmp: (fnn.save(tmp / CHECKPOINT_NAME, OTHER, net=fnn.mlp([4, 6, 3])),
                      _fit(checkpoint_dir=tmp, resume=True)(tmp)),
         ValueError, (r"sizes: checkpoint has \[4, 6, 3\], network has \[4, 5, 3\]",)),
+    Row("fit", "a network too large for memory (4 TB)",
+        lambda tmp: fnn.fit(HUGE, jax.eval_shape(HUGE.init, KEY), (np.zeros((4, 64)), np.zeros(4, np.int32)),
+                            loss=SPARSE, epochs=1, batch_size=2, key=KEY, progress=False),
+        ValueError, (r"too large for this machine's memory", r"params take 4,000\.3 GB", r"only [\d.,]+ GB")),
+    Row("fit", "a params leaf of objects", _fit(params=OBJECT_P), TypeError,
+        (r"floating dtype", r"params\[0\]\['b'\] of dtype object")),
     Row("fit", "key that is not a PRNG key", _fit(key=None), TypeError, (r"PRNG key", r"NoneType"), origin="jax"),
     # fit_ensemble
     Row("fit_ensemble", "params not stacked", _fit_ensemble(params=P), ValueError, (r"stacked params", r"\(4, 5\)")),
@@ -323,6 +369,9 @@ OTHER_ROWS = [
         (r"learning_rate must be a positive number", r"'fast'")),
     Row("fit_ensemble", "keys for a different member count", _fit_ensemble(keys=jax.random.split(KEY, 3)),
         ValueError, (r"one PRNG key per member \(2\)", r"\(3,\)")),
+    Row("fit_ensemble", "more params than the memory available (100 bytes here)",
+        _with_memory(100, _fit_ensemble()), ValueError,
+        (r"^fit_ensemble: the network is too large", r"only 1e-07 GB of host memory")),
     Row("fit_ensemble", "zero epochs", _fit_ensemble(epochs=0), ValueError, (r"epochs", r"got 0")),
     Row("fit_ensemble", "train not a pair", _fit_ensemble(train=X), TypeError, (r"pair \(x, y\)", r"ndarray")),
     Row("evaluate", "chunk size zero", lambda tmp: fnn.evaluate(NET, P, X, Y, SPARSE, batch_size=0), ValueError,
@@ -345,7 +394,8 @@ OTHER_ROWS = [
     Row("stats", "gradient_variance: negative ddof", lambda tmp: fnn.stats.gradient_variance(_per_example(), ddof=-1),
         ValueError, (r"non-negative int", r"got -1")),
     Row("stats", "gradient_variance: fewer examples than ddof needs",
-        lambda tmp: fnn.stats.gradient_variance(_per_example(), ddof=8), ValueError, (r"at least 9 examples", r"got 8")),
+        lambda tmp: fnn.stats.gradient_variance(_per_example(), ddof=8), ValueError,
+        (r"at least 9 examples", r"got 8")),
     Row("stats", "example_norms: params instead of per-example grads", lambda tmp: fnn.stats.example_norms(P),
         ValueError, (r"batch size", r"\(4, 5\)")),
     Row("stats", "cosine_similarity: grads of two networks",
@@ -418,8 +468,9 @@ OTHER_ROWS = [
         (r"\(4, 5\)", r"\(4, 6\)")),
     Row("save", "net is not a Network", lambda tmp: fnn.save(tmp / "c", P, net="net"), TypeError,
         (r"Network", r"got str")),
-    Row("save", "metadata JSON cannot hold", lambda tmp: fnn.save(tmp / "c", P, net=NET, metadata={"lr": np.float32(1)}),
-        TypeError, (r"JSON-serialisable", r"metadata\['lr'\] is a numpy\.float32")),
+    Row("save", "metadata JSON cannot hold",
+        lambda tmp: fnn.save(tmp / "c", P, net=NET, metadata={"lr": np.float32(1)}), TypeError,
+        (r"JSON-serialisable", r"metadata\['lr'\] is a numpy\.float32")),
     Row("load", "missing file", lambda tmp: fnn.load(tmp / "none"), FileNotFoundError, (r"{tmp}/none",)),
     Row("load", "truncated file", lambda tmp: fnn.load(_truncated_checkpoint(tmp)), ValueError,
         (r"{tmp}/cut\.safetensors is not a valid fnn checkpoint", r"header claims|not a readable")),
@@ -527,7 +578,7 @@ def _finite(*trees):
 
 
 def _max_rel(a, b):
-    return max(relative_error(u, v)[1] for u, v in zip(_leaves64(a), _leaves64(b)))
+    return max(relative_error(u, v)[1] for u, v in zip(_leaves64(a), _leaves64(b), strict=True))
 
 
 def _targets(loss, y_int, k, dtype):
@@ -544,7 +595,7 @@ def _both_all(cases):
 
     def run(args):
         return [(fnn.backprop(net, p, x, y, loss, return_trace=True), fnn.autodiff(net, p, x, y, loss))
-                for (net, loss), (p, x, y) in zip(static, args)]
+                for (net, loss), (p, x, y) in zip(static, args, strict=True)]
 
     return jax.jit(run)([(p, x, y) for _, p, x, y, _ in cases])
 
@@ -552,7 +603,7 @@ def _both_all(cases):
 def _check_finite_and_equal(cases, rtol):
     """Every case: finite loss and grads by hand and by autodiff, equal within ``rtol``; returns the results."""
     results = _both_all(cases)
-    for case, ((lm, gm, _), (la, ga)) in zip(cases, results):
+    for case, ((lm, gm, _), (la, ga)) in zip(cases, results, strict=True):
         what = (case[0], case[4])
         assert _finite(lm, gm, la, ga), what
         assert relative_error(lm, la)[1] <= rtol and _max_rel(gm, ga) <= rtol, (what, _max_rel(gm, ga))
@@ -598,7 +649,7 @@ def test_logits_of_pm_1e4_give_the_exact_finite_loss():
         for output, loss in FUSED_AND_LOGIT_PAIRS:
             net, params, x = _logit_net(output, dtype)
             cases.append((net, params, x, _targets(loss, y_int, 3, dtype), loss))
-    for (net, params, _, _, loss), ((lm, gm, _), (la, ga)) in zip(cases, _both_all(cases)):
+    for (net, params, _, _, loss), ((lm, gm, _), (la, ga)) in zip(cases, _both_all(cases), strict=True):
         eps = float(jnp.finfo(net.dtype).eps)
         assert _finite(lm, gm, la, ga), (net, loss)
         assert _max_rel(gm, ga) <= 4 * eps, (net, loss)  # delta = (a - y) / N: a few roundings apart
@@ -621,7 +672,7 @@ def test_all_zero_inputs(x64):
     x, y = jnp.zeros((5, 3)), jnp.array([0, 1, 0, 1, 1])
     nets = [fnn.mlp([3, 4, 2], hidden=hidden, output="softmax") for hidden in ELEMENTWISE]
     cases = [(net, net.init(jax.random.key(3)), x, y, SPARSE) for net in nets]
-    for net, ((_, gm, trace), _) in zip(nets, _check_finite_and_equal(cases, rtol=1e-10)):  # kinks as jax.grad
+    for net, ((_, gm, trace), _) in zip(nets, _check_finite_and_equal(cases, rtol=1e-10), strict=True):  # kinks
         assert np.array_equal(gm[0]["w"], np.zeros((3, 4))), net  # dW_1 = x^T delta_1 = 0 exactly
         assert np.array_equal(trace.z[0], np.zeros((5, 4))), net  # biases start at zero
 
@@ -635,8 +686,8 @@ def test_batch_of_one(x64):
     results = _check_finite_and_equal(cases, rtol=1e-10)
     batched = cases[::2]
     per_example = jax.jit(lambda args: [fnn.per_example_grads(c[0], p, x, y, c[4]) for c, (p, x, y) in
-                                        zip(batched, args)])([c[1:4] for c in batched])
-    for i, per in zip(range(0, len(cases), 2), per_example):
+                                        zip(batched, args, strict=True)])([c[1:4] for c in batched])
+    for i, per in zip(range(0, len(cases), 2), per_example, strict=True):
         (lm, gm, _), _ = results[i]
         (l1, g1, _), _ = results[i + 1]  # one example without the batch axis: the same numbers
         assert float(l1) == pytest.approx(float(lm), rel=1e-15) and _max_rel(g1, gm) <= 1e-15
@@ -677,14 +728,14 @@ def test_low_precision_grads_match_float64_within_documented_bound(digits_batch)
                          loss))
         results = _both_all(cases + refs)
     n = len(cases)
-    for case, ((lm, gm, _), (la, ga)), ((l64, g64, _), _) in zip(cases, results[:n], results[n:]):
+    for case, ((lm, gm, _), (la, ga)), ((l64, g64, _), _) in zip(cases, results[:n], results[n:], strict=True):
         dtype = case[0].dtype
         eps = float(jnp.finfo(dtype).eps)
         for how, value, grads in (("manual", lm, gm), ("autodiff", la, ga)):
             assert value.dtype == dtype and all(g.dtype == dtype for g in jax.tree_util.tree_leaves(grads))
             assert _finite(value, grads)
             assert abs(float(value) - float(l64)) <= LOW_PRECISION_LOSS_EPS * eps * abs(float(l64)), (case[4], how)
-            for g, r in zip(_leaves64(grads), _leaves64(g64)):
+            for g, r in zip(_leaves64(grads), _leaves64(g64), strict=True):
                 assert np.linalg.norm(g - r) <= LOW_PRECISION_GRAD_EPS * eps * np.linalg.norm(r), (case[4], how)
 
 
@@ -717,7 +768,7 @@ def _without_time(history):
 
 def _assert_bit_identical(a, b):
     assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
-    for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
         assert u.dtype == v.dtype and np.array_equal(np.asarray(u), np.asarray(v))
 
 
