@@ -5,6 +5,10 @@ with its own key and uses its own learning rate, and the result equals training 
 ``fnn.fit``. The ensemble predicts by averaging the members' softmax outputs, which is usually more accurate
 than its typical member (not always than its best one).
 
+Choosing a member is model selection, so it uses a validation split carved out of the training set
+(``fnn.train_test_split``), never the test set: the members are compared on validation accuracy, and only
+the chosen member (and the ensemble) is then scored once on the test set.
+
 Run:  python examples/ensemble.py [--epochs 20] [--members 4] [--limit N]
 """
 
@@ -21,26 +25,35 @@ LOSS = "sparse_categorical_cross_entropy"
 
 def main(epochs: int = 20, members: int = 4, limit: int | None = None, seed: int = 0) -> float:
     (x_train, y_train), (x_test, y_test) = fnn.load_dataset("digits")
-    x_train, x_test = fnn.standardize(x_train, x_test)
     if limit is not None:
         x_train, y_train = x_train[:limit], y_train[:limit]
+    key_split, key_members = jax.random.split(jax.random.key(seed))
+    (x_fit, y_fit), (x_val, y_val) = fnn.train_test_split(x_train, y_train, test_fraction=0.2, key=key_split)
+    x_fit, x_val, x_test = fnn.standardize(x_fit, x_val, x_test)  # statistics of the fitting part only
+    print(f"{x_fit.shape[0]} training, {x_val.shape[0]} validation and {x_test.shape[0]} test images")
 
     net = fnn.mlp([64, 64, 10], hidden="relu", output="softmax")
-    init_keys, shuffle_keys = jnp.split(jax.random.split(jax.random.key(seed), 2 * members), 2)
+    init_keys, shuffle_keys = jnp.split(jax.random.split(key_members, 2 * members), 2)
     params = jax.jit(jax.vmap(net.init))(init_keys)  # every leaf gets a leading member axis: w0 (K, 64, 64)
     learning_rates = np.geomspace(0.02, 0.2, members)  # one per member (plain SGD)
 
+    # The validation split is fit_ensemble's evaluation set: history["test_accuracy"] holds validation accuracy.
     params, history = fnn.fit_ensemble(
-        net, params, (x_train, y_train), (x_test, y_test), loss=LOSS, epochs=epochs, batch_size=32,
+        net, params, (x_fit, y_fit), (x_val, y_val), loss=LOSS, epochs=epochs, batch_size=32,
         learning_rate=learning_rates, keys=shuffle_keys,
     )
-    for k, (lr, acc) in enumerate(zip(learning_rates, history["test_accuracy"][-1])):
-        print(f"member {k}: learning rate {lr:.3f}  test accuracy {acc:.4f}")
+    val_accuracy = history["test_accuracy"][-1]
+    for k, (lr, acc) in enumerate(zip(learning_rates, val_accuracy, strict=True)):
+        print(f"member {k}: learning rate {lr:.3f}  validation accuracy {acc:.4f}")
+
+    best = int(np.argmax(val_accuracy))  # chosen on validation data only
+    chosen = jax.tree_util.tree_map(lambda leaf: leaf[best], params)
+    chosen_test = fnn.evaluate(net, chosen, x_test, y_test, LOSS)["accuracy"]
+    print(f"chosen member (best validation accuracy): {best}, test accuracy {chosen_test:.4f}")
 
     # The ensemble: average the members' class probabilities, then take the most probable class.
     probs = jax.jit(jax.vmap(net.apply, in_axes=(0, None)))(params, x_test)  # (K, n_test, 10)
     ensemble = float(np.mean(np.asarray(probs.mean(axis=0).argmax(axis=1)) == y_test))
-    print(f"best member test accuracy: {max(history['test_accuracy'][-1]):.4f}")
     print(f"ensemble test accuracy: {ensemble:.4f}")
     return ensemble
 

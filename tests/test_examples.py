@@ -6,10 +6,12 @@ The Fashion-MNIST examples skip when Debian's dataset-fashion-mnist is not insta
 from __future__ import annotations
 
 import re
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -20,11 +22,21 @@ needs_fashion = pytest.mark.skipif(
 )
 
 
-def run_example(name: str, *args: str) -> str:
-    proc = subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True,
+def run(name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True,
                           timeout=300, cwd=EXAMPLES.parent)
+
+
+def run_example(name: str, *args: str) -> str:
+    proc = run(name, *args)
     assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """An IDX file of uint8 data, written with struct (independently of fnn)."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
 def last_number(pattern: str, text: str) -> float:
@@ -48,9 +60,43 @@ def test_seed_iris():
 @needs_fashion
 def test_nielsen_mnist():
     out = run_example("nielsen_mnist.py", "--epochs", "1", "--limit", "2000")
+    assert out.splitlines()[0].startswith("data set: Fashion-MNIST") and "NOT MNIST: no --data-dir" in out
     assert "2000 training and 10000 test images" in out
     assert re.search(r"Epoch 1: \d+ / 10000", out)
-    assert last_number(r"final test accuracy: ([\d.]+)", out) > 0.3  # well above chance (0.1)
+    assert last_number(r"final test accuracy on Fashion-MNIST: ([\d.]+)", out) > 0.3  # well above chance (0.1)
+
+
+def test_nielsen_mnist_trains_on_the_mnist_files_given(tmp_path):
+    """The example is named for MNIST: --data-dir takes MNIST's four IDX files (here small random ones) and the
+    first line says that MNIST ran, from where."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 300), ("t10k", 100)):
+        write_idx(tmp_path / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(tmp_path / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n))
+    out = run_example("nielsen_mnist.py", "--data-dir", str(tmp_path), "--epochs", "1")
+    assert out.splitlines()[0] == f"data set: MNIST, the IDX files in {tmp_path} (given by --data-dir)"
+    assert "MNIST: 300 training and 100 test images" in out
+    assert re.search(r"Epoch 1: \d+ / 100 ", out)
+    assert 0 <= last_number(r"final test accuracy on MNIST: ([\d.]+)", out) <= 1
+
+
+def test_nielsen_mnist_without_data_dir_says_it_falls_back_to_fashion_mnist():
+    proc = run("nielsen_mnist.py", "--epochs", "1", "--limit", "200")
+    first = proc.stdout.splitlines()[0]
+    assert first.startswith("data set: Fashion-MNIST") and "NOT MNIST: no --data-dir was given" in first
+    if not (FASHION / "train-images-idx3-ubyte.gz").is_file():  # one line saying how to get it, no traceback
+        assert proc.returncode == 1 and proc.stderr.startswith("error: fashion_mnist: folder") \
+            and "Traceback" not in proc.stderr, proc.stderr
+    else:
+        assert proc.returncode == 0, proc.stderr
+
+
+def test_examples_cite_public_sources_not_seed_documents():
+    for path in EXAMPLES.glob("*.py"):
+        text = path.read_text()
+        assert not re.search(r"seed note|seed notebook|\bnotebook 00\d|\bnotes 00\d|the notebook's", text), path.name
+    nielsen = (EXAMPLES / "nielsen_mnist.py").read_text()
+    assert "Michael Nielsen's network (Neural Networks and Deep Learning, chapter 1" in nielsen
 
 
 @needs_fashion
@@ -69,5 +115,9 @@ def test_per_example_grads():
 
 def test_ensemble():
     out = run_example("ensemble.py", "--epochs", "2", "--members", "2", "--limit", "800")
-    assert len(re.findall(r"member \d: learning rate [\d.]+\s+test accuracy [\d.]+", out)) == 2
+    assert "640 training, 160 validation and 359 test images" in out
+    assert len(re.findall(r"member \d: learning rate [\d.]+\s+validation accuracy [\d.]+", out)) == 2
+    assert not re.search(r"member \d: .*test accuracy", out)  # members are compared on validation data only
+    chosen = re.search(r"chosen member \(best validation accuracy\): (\d), test accuracy ([\d.]+)", out)
+    assert chosen and float(chosen[2]) > 0.5
     assert last_number(r"ensemble test accuracy: ([\d.]+)", out) > 0.7
