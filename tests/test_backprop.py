@@ -19,6 +19,10 @@ compiled primitives across rows).
 
 from __future__ import annotations
 
+import importlib
+import re
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -477,3 +481,18 @@ def test_error_complex_object_and_string_data():
         fnn.autodiff(net, params, x, np.ones((3, 2), np.complex64), "mse")
     with pytest.raises(TypeError, match=r"^x must be an array of real numbers, got dtype object"):
         fnn.per_example_grads(net, params, x.astype(object), y, "sparse_categorical_cross_entropy")
+
+
+def test_formulas_count_layers_from_0_like_the_trace():
+    """README's formulas counted layers from 1 while the trace, gradcheck and the divergence message count from 0;
+    one convention now, stated beside the formulas (a_{-1} = x, layer l is params[l] and trace.z[l])."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## The hand-written backward pass"):readme.index("### Activations")]
+    modules = [importlib.import_module(f"fnn.{name}") for name in ("backprop", "network")]  # not fnn.backprop()
+    for text in (section, *(module.__doc__ for module in modules)):
+        assert "counted from 0" in text and "a_{-1} = x" in text
+        assert not re.search(r"counted from 1|l = 1\.\.L|a_0 = x", text)
+    net = fnn.mlp([3, 4, 2])
+    _, _, trace = fnn.backprop(net, net.init(jax.random.key(0)), jnp.ones((1, 3)), jnp.ones((1, 2)), "mse",
+                               return_trace=True)
+    assert trace.z[0].shape == (1, 4)  # layer 0 is the first layer, as the formulas now say
