@@ -168,18 +168,18 @@ def read_checked(path: Path) -> tuple[bytes, int, dict]:
         if header_len > MAX_HEADER_BYTES:
             raise invalid(path, f"its header claims {header_len} bytes, more than the {MAX_HEADER_BYTES} an fnn "
                                 f"checkpoint's header may have")
-        data = head + f.read(size - 8)
+        raw = f.read(header_len)
+        _check_tensor_count(path, raw.count(b'"data_offsets"'))  # cheap upper bound, before any parsing
+        try:
+            header = json.loads(raw)
+        except (ValueError, RecursionError) as e:
+            raise invalid(path, f"its safetensors header is not valid JSON ({type(e).__name__}: {e})") from e
+        if not isinstance(header, dict):
+            raise invalid(path, f"its safetensors header is a JSON {type(header).__name__}, not an object")
+        _check_tensor_count(path, sum(k != "__metadata__" for k in header))
+        data = b"".join((head, raw, f.read(size - 8 - header_len)))  # the tensors are read only now
     if len(data) != size:
         raise invalid(path, f"the file changed size while being read ({size} -> {len(data)} bytes)")
-    raw = data[8 : 8 + header_len]
-    _check_tensor_count(path, raw.count(b'"data_offsets"'))  # cheap upper bound, before any parsing
-    try:
-        header = json.loads(raw)
-    except (ValueError, RecursionError) as e:
-        raise invalid(path, f"its safetensors header is not valid JSON ({type(e).__name__}: {e})") from e
-    if not isinstance(header, dict):
-        raise invalid(path, f"its safetensors header is a JSON {type(header).__name__}, not an object")
-    _check_tensor_count(path, sum(k != "__metadata__" for k in header))
     return data, header_len, header
 
 
