@@ -7,6 +7,7 @@ in :mod:`fnn.cli`'s docstring).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -94,5 +95,10 @@ def write_json(path: Path, obj: dict) -> None:
     """One top-level key per line (per-epoch lists stay on one line), written atomically."""
     body = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in obj.items())
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("{\n" + body + "\n}\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text("{\n" + body + "\n}\n")
+        os.replace(tmp, path)
+    except BaseException:  # Ctrl-C or a full disk: keep the old file, leave no temporary one
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise

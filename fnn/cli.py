@@ -12,10 +12,11 @@ code  meaning
 ====  ========================================================================================================
 0     success
 1     training diverged, or a gradient check failed
-2     bad arguments or bad input data: an argument error, a bad data file or folder, a bad run folder or config
+2     bad arguments or bad input data: an argument error, a bad data file or folder (a FIFO among them), a bad
+      run folder or config, a run folder in use by another ``fnn train``, other data on ``--resume``
 70    internal error (a bug in fnn): one line on stderr with the hint ``set FNN_TRACEBACK=1 for the traceback``
 74    file-system or OS error: one line naming the path and the OS reason (``--out`` is an existing file, the
-      checkpoint path is a directory, a read-only folder, a full disk)
+      checkpoint path is a directory, a dangling symbolic link or a link loop, a read-only folder, a full disk)
 130   interrupted (Ctrl-C); ``fnn train`` saves a checkpoint first and says how to resume
 ====  ========================================================================================================
 

@@ -3,22 +3,29 @@
 With no arguments it trains a 64-128-10 ReLU/softmax network on the shipped 8x8 digits with the hand-written
 backprop and plain SGD, and writes a run folder (``runs/<dataset>-<timestamp>`` or ``--out``)::
 
-    config.json               every setting of the run (``--resume DIR`` continues from it)
+    config.json               every setting of the run, the learning rate used and the training data's
+                              fingerprint (``--resume DIR`` continues from it, on the same data)
     checkpoint.safetensors    params, optimizer state, epoch, history and PRNG key (see fnn.checkpoint)
     history.json              per-epoch train loss, test loss, test accuracy, epoch time
     curves.png                loss and accuracy per epoch (needs matplotlib: pip install 'fnn[plot]')
+    train.lock                while a run uses the folder: its pid and host (see fnn._run_folder)
 
 Its last line on stdout is ``test accuracy: 0.xxxx``. Every setting is checked before any data is loaded or
-anything is written (bad ones exit with 2); the exit codes are listed in :mod:`fnn.cli`.
+anything is written (bad ones exit with 2); the exit codes are listed in :mod:`fnn.cli`. ``--lr`` defaults to
+the optimizer's own rate (``fnn.optim.DEFAULT_LEARNING_RATES``: sgd 0.1, momentum 0.01, adam 0.001).
+
+A Ctrl-C at any point leaves a consistent run folder: the checkpoint holds the last finished epoch and its
+history (``fit`` records an epoch all at once), history.json and curves.png are written atomically (or the
+plot is skipped), and ``--resume`` continues bit-identically. Only one ``fnn train`` may use a folder at a
+time (a second one exits with 2); the lock of a killed run is taken over with a warning.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import errno
-import json
-import math
 import os
 import sys
 import time
@@ -29,34 +36,28 @@ import jax
 import numpy as np
 
 import fnn
+from fnn._checkpointer import check_run_metadata, restored_key
 from fnn._cli import EXIT_FAILED, EXIT_OK, UsageError, error, one_line, positive, user_input, widths, write_json
+from fnn._files import check_regular_file
+from fnn._run_folder import (
+    RESUME_MAY_CHANGE,
+    TRAIN_DEFAULTS,
+    check_config,
+    check_fingerprint,
+    check_no_run_yet,
+    data_fingerprint,
+    describe_fingerprint,
+    locked,
+    make_folder,
+    read_config,
+)
+from fnn.idx import MNIST_FILES
 from fnn.train import CHECKPOINT_NAME
 
 __all__ = ["PLOT_SKIPPED", "RESUME_MAY_CHANGE", "TRAIN_DEFAULTS", "add_parser", "check_config", "run",
            "train_config", "write_history"]
 
 PLOT_SKIPPED = "plot skipped: matplotlib is not installed (pip install 'fnn[plot]')"
-
-#: ``fnn train`` defaults: 64-128-10 relu/softmax, SGD α = 0.1, batch 32, 30 epochs, standardized inputs.
-TRAIN_DEFAULTS = {
-    "dataset": "digits",
-    "data_dir": None,
-    "hidden": [128],
-    "activation": "relu",
-    "output": None,  # None: the loss's natural output (fnn.losses.natural_output)
-    "loss": "sparse_categorical_cross_entropy",
-    "epochs": 30,
-    "batch_size": 32,
-    "lr": 0.1,
-    "optimizer": "sgd",
-    "grads": "manual",
-    "seed": 0,
-    "standardize": True,
-    "strict": False,
-}
-#: Options that ``--resume`` may change; every other setting comes from the run's config.json.
-RESUME_MAY_CHANGE = ("epochs", "data_dir")
-
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Add the ``train`` sub-command to the ``fnn`` parser's sub-commands."""
@@ -79,7 +80,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--epochs", type=positive(int),
                        help=f"total epochs, counting resumed ones (default {d['epochs']})")
     train.add_argument("--batch-size", type=positive(int), help=f"mini-batch size (default {d['batch_size']})")
-    train.add_argument("--lr", type=positive(float), help=f"learning rate α (default {d['lr']})")
+    train.add_argument("--lr", type=positive(float),
+                       help="learning rate α (default: the optimizer's own, sgd 0.1, momentum 0.01, adam 0.001)")
     train.add_argument("--optimizer", help="sgd (plain W := W - α dW), momentum or adam (default sgd)")
     train.add_argument("--grads", choices=("manual", "autodiff"),
                        help="hand-written backprop or jax.grad (default manual)")
@@ -93,82 +95,37 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                             "by N (on CPU, test with XLA_FLAGS=--xla_force_host_platform_device_count=N)")
     train.add_argument("--out", help="run folder to create (default runs/<dataset>-<timestamp>)")
     train.add_argument("--resume", metavar="DIR", help="continue the run in DIR (its config.json) up to --epochs")
+    train.add_argument("--allow-other-data", action="store_true",
+                       help="with --resume: continue even though the training data differ from the run's")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=run)
 
 
-def check_config(config: dict, where: str | None = None) -> dict:
-    """``config`` when every setting has the right type and range, else a UsageError naming the entry (and
-    ``where`` it comes from, e.g. a config.json; None: the command-line options).
-
-    argparse checks most options already; this catches the rest (a 64-bit seed) and an edited config.json.
-    """
-    def is_int(v) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    expected = {
-        "dataset": ("a string", isinstance(config["dataset"], str)),
-        "data_dir": ("a folder name or null", config["data_dir"] is None or isinstance(config["data_dir"], str)),
-        "hidden": ("a list of positive integers",
-                   isinstance(config["hidden"], list) and all(is_int(w) and w > 0 for w in config["hidden"])),
-        "activation": ("a string", isinstance(config["activation"], str)),
-        "output": ("a string or null", config["output"] is None or isinstance(config["output"], str)),
-        "loss": ("a string", isinstance(config["loss"], str)),
-        "epochs": ("a positive integer", is_int(config["epochs"]) and config["epochs"] > 0),
-        "batch_size": ("a positive integer", is_int(config["batch_size"]) and config["batch_size"] > 0),
-        "lr": ("a positive number", isinstance(config["lr"], (int, float)) and not isinstance(config["lr"], bool)
-               and config["lr"] > 0 and math.isfinite(config["lr"])),
-        "optimizer": ("a string", isinstance(config["optimizer"], str)),
-        "grads": ("'manual' or 'autodiff'", config["grads"] in ("manual", "autodiff")),
-        "seed": ("an integer of at most 63 bits", is_int(config["seed"]) and abs(config["seed"]) < 2**63),
-        "standardize": ("true or false", isinstance(config["standardize"], bool)),
-        "strict": ("true or false", isinstance(config["strict"], bool)),
-    }
-    for key, (kind, ok) in expected.items():
-        if not ok:
-            name = f"--{key.replace('_', '-')}" if where is None else f"{where}: {key}"
-            raise UsageError(f"{name} must be {kind}, got {config[key]!r}.")
-    return config
-
-
-def train_config(args: argparse.Namespace) -> tuple[dict, Path]:
-    """The run's settings and folder: the defaults with the given options, or a resumed run's config.json."""
+def train_config(args: argparse.Namespace) -> tuple[dict, Path, dict]:
+    """The run's settings, folder and records: the defaults with the given options, or a resumed run's
+    config.json (its settings, and its records: the network, the data fingerprint)."""
     given = {k: getattr(args, k) for k in TRAIN_DEFAULTS if getattr(args, k) is not None}
+    if given.get("data_dir") is not None:
+        given["data_dir"] = str(Path(given["data_dir"]).resolve())
     if args.resume is None:
-        config = check_config({**TRAIN_DEFAULTS, **given})
+        if args.allow_other_data:
+            raise UsageError("--allow-other-data applies only with --resume DIR.")
+        config, records = check_config({**TRAIN_DEFAULTS, **given}), {}
         config["dataset"] = config["dataset"].strip().lower().replace("_", "-")
         if args.out is not None:
             out = Path(args.out)
             if out.exists() and not out.is_dir():
                 raise NotADirectoryError(errno.ENOTDIR, f"--out must be a folder, found a file "
                                                         f"({os.strerror(errno.ENOTDIR)})", str(out))
-            if (out / CHECKPOINT_NAME).is_file():
-                raise UsageError(f"{out} already holds a run ({CHECKPOINT_NAME}); continue it with "
-                                 f"--resume {out} or choose another --out.")
-        else:
-            stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-            out = Path("runs") / f"{config['dataset']}-{stamp}"
-            suffix = 2
-            while out.exists():
-                out = Path("runs") / f"{config['dataset']}-{stamp}-{suffix}"
-                suffix += 1
-        if config["data_dir"] is not None:
-            config["data_dir"] = str(Path(config["data_dir"]).resolve())
+            check_no_run_yet(out)
+        else:  # made unique when it is created (see make_folder)
+            out = Path("runs") / f"{config['dataset']}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     else:
         out = Path(args.resume)
         if args.out is not None:
             raise UsageError("--resume DIR continues the run in DIR; do not combine it with --out.")
+        config, records = read_config(out)
         path = out / "config.json"
-        if not path.is_file():
-            raise UsageError(f"--resume {out}: {path} not found; expected a run folder written by 'fnn train'.")
-        try:
-            saved = json.loads(path.read_text())
-        except (ValueError, UnicodeDecodeError) as e:
-            raise UsageError(f"--resume {out}: {path} is not valid JSON ({one_line(e)}).") from e
-        if not isinstance(saved, dict):
-            raise UsageError(f"--resume {out}: {path} must hold a JSON object of settings, "
-                             f"got {type(saved).__name__}.")
-        config = check_config({k: saved.get(k, v) for k, v in TRAIN_DEFAULTS.items()}, str(path))
         for k, v in given.items():
             if k in RESUME_MAY_CHANGE:
                 config[k] = v
@@ -176,70 +133,104 @@ def train_config(args: argparse.Namespace) -> tuple[dict, Path]:
                 flag = "--no-standardize" if k == "standardize" else "--" + k.replace("_", "-")
                 raise UsageError(f"{flag} {v!r} differs from the resumed run's {config[k]!r} ({path}); a resumed "
                                  f"run keeps its settings, only --epochs and --data-dir may change.")
-    checkpoint = out / CHECKPOINT_NAME
-    if checkpoint.exists() and not checkpoint.is_file():
-        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(checkpoint))
-    return config, out
+        if os.path.lexists(out / CHECKPOINT_NAME):
+            user_input(f"--resume {out}", check_regular_file, out / CHECKPOINT_NAME, "a checkpoint")
+    return config, out, records
 
 
 def check_resumable(out: Path, net: fnn.Network, config: dict, loss: fnn.losses.Loss, optimizer) -> None:
     """The checkpoint in ``out`` (if any) is a valid fnn checkpoint of ``net``, saved with this run's
-    training settings: else a UsageError (a bad run folder), before anything is compiled or written."""
+    training settings, with metadata ``fit`` can resume from: else a UsageError (a bad run folder) or an OSError
+    (a dangling symbolic link, a link loop), before anything is compiled or written."""
     path = out / CHECKPOINT_NAME
-    if not path.exists():  # the run was stopped before its first checkpoint: it starts from epoch 1
+    if not os.path.lexists(path):  # the run was stopped before its first checkpoint: it starts from epoch 1
         return
-    ckpt = user_input(f"--resume {out}", fnn.checkpoint.load, path, net)
-    saved = ckpt.metadata.get("config")
+    template = None
+    if optimizer is not None:  # the optimizer state's structure, as fit builds it (shapes only, nothing computed)
+        opt = fnn.make_optimizer(optimizer, config["lr"])
+        template = jax.eval_shape(lambda: opt.init(net.init(jax.random.key(0))))
+    ckpt = user_input(f"--resume {out}", fnn.checkpoint.load, path, net, opt_state_like=template)
+    _, _, saved = user_input("", check_run_metadata, path, ckpt.metadata)
+    user_input("", restored_key, path, ckpt.arrays)
+    if optimizer is not None and ckpt.opt_state is None:
+        raise UsageError(f"--resume {out}: {path} holds no optimizer state, but the run uses {optimizer}.")
     now = {"loss": loss.name, "batch_size": config["batch_size"], "grads": config["grads"],
            "strict": config["strict"], "optimizer": optimizer, "lr": float(config["lr"])}
-    if isinstance(saved, dict):
-        differ = [f"{k}: checkpoint {saved[k]!r}, config.json {v!r}" for k, v in now.items()
-                  if k in saved and saved[k] != v]
-        if differ:
-            raise UsageError(f"--resume {out}: {path} was saved with other training settings than "
-                             f"{out / 'config.json'} ({'; '.join(differ)}).")
+    differ = [f"{k}: checkpoint {saved[k]!r}, config.json {v!r}" for k, v in now.items()
+              if k in saved and saved[k] != v]
+    if differ:
+        raise UsageError(f"--resume {out}: {path} was saved with other training settings than "
+                         f"{out / 'config.json'} ({'; '.join(differ)}).")
 
 
 def write_history(out: Path, history: dict, title: str) -> None:
-    """Write ``history.json`` and ``curves.png`` into ``out`` (the plot is skipped without matplotlib)."""
+    """Write ``history.json`` and ``curves.png`` into ``out``, each atomically (a Ctrl-C leaves the old file or the
+    new one, never half of one); the plot is skipped without matplotlib."""
     from fnn.plot import plot_history
 
     write_json(out / "history.json", history)
+    tmp = out / ".curves.png.tmp.png"  # the suffix tells matplotlib the format
     try:
-        plot_history(history, out / "curves.png", title=title)
+        plot_history(history, tmp, title=title)
+        os.replace(tmp, out / "curves.png")
     except ImportError:
         print(PLOT_SKIPPED)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
-def _load_data(config: dict):
+def _load_data(config: dict, where: str):
     """The data set's splits; a bad name, a missing folder or a malformed file is the user's (exit 2)."""
     if config["dataset"] == "mnist" and config["data_dir"] is None:
-        raise UsageError("--dataset mnist needs --data-dir DIR, the folder holding MNIST's four IDX files "
-                         "(train-images-idx3-ubyte[.gz] and its three siblings).")
+        raise UsageError(f"--dataset mnist needs --data-dir DIR, the folder holding MNIST's four IDX files "
+                         f"{', '.join(f'{name}[.gz]' for name in MNIST_FILES)} (download them from "
+                         f"yann.lecun.com/exdb/mnist or one of its mirrors).")
     try:
         return fnn.load_dataset(config["dataset"], config["data_dir"])
     except (ValueError, FileNotFoundError) as e:
-        raise UsageError(f"--dataset {config['dataset']}: {one_line(e)}") from e
+        raise UsageError(f"{where} {config['dataset']}: {one_line(e)}") from e
+
+
+def _warn(message: str) -> None:
+    print(f"fnn train: warning: {message}", file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
     """``fnn train``: returns 0, or 1 when training diverged; raises for the errors :mod:`fnn.cli` maps."""
-    config, out = train_config(args)
-    # Validate every name before loading data or compiling anything; the errors name the closest match.
-    loss = user_input("--loss", fnn.losses.get, config["loss"])
-    user_input("--activation", fnn.activations.get, config["activation"])
+    config, out, records = train_config(args)
+    # Validate every name before loading data or compiling anything; the errors name the closest match, and
+    # the option (or, for a resumed run, config.json's key) the name came from.
+    def where(key: str) -> str:
+        return f"--{key.replace('_', '-')}" if args.resume is None else f"{out / 'config.json'}: {key}"
+
+    loss = user_input(where("loss"), fnn.losses.get, config["loss"])
+    user_input(where("activation"), fnn.activations.get, config["activation"])
     output = config["output"] or fnn.losses.natural_output(loss) or "sigmoid"
-    user_input("--output", fnn.activations.get, output)
+    user_input(where("output"), fnn.activations.get, output)
     config["output"] = output
     optimizer = None if config["optimizer"] == "sgd" else config["optimizer"]  # None: the plain W := W - α dW
-    user_input("--optimizer", fnn.make_optimizer, config["optimizer"], config["lr"])
+    lr_default = config["lr"] is None  # the optimizer's own rate, recorded in config.json from now on
+    if lr_default:
+        config["lr"] = user_input(where("optimizer"), fnn.optim.default_learning_rate, config["optimizer"])
+    user_input(where("optimizer"), fnn.make_optimizer, config["optimizer"], config["lr"])
     if args.devices is not None:
         user_input("--devices", fnn.parallel.make_mesh, args.devices)
         if config["batch_size"] % args.devices:
             raise UsageError(f"--batch-size {config['batch_size']} must be divisible by --devices {args.devices} "
                              f"(each device takes an equal part of every batch).")
 
-    (x_train, y_train), (x_test, y_test) = _load_data(config)
+    (x_train, y_train), (x_test, y_test) = _load_data(config, where("dataset") if args.data_dir is None
+                                                      else "--dataset")
+    fingerprint = data_fingerprint(x_train, y_train)  # of the data as loaded, before standardizing
+    earlier = records.get("earlier_data", [])
+    if args.resume is not None and check_fingerprint(records.get("data"), fingerprint, out / "config.json",
+                                                     allow=args.allow_other_data):
+        earlier = [*earlier, records["data"]]
+        _warn(f"continuing on other data (--allow-other-data): {describe_fingerprint(fingerprint)}; the run "
+              f"trained on {describe_fingerprint(records['data'])} so far.")
+    records = {"network": None, "data": fingerprint, **({"earlier_data": earlier} if earlier else {}),
+               "fnn_version": fnn.__version__}
     if config["batch_size"] > x_train.shape[0]:
         raise UsageError(f"--batch-size {config['batch_size']} is larger than the training set "
                          f"({x_train.shape[0]} examples).")
@@ -254,33 +245,54 @@ def run(args: argparse.Namespace) -> int:
     key_init, key_fit = jax.random.split(jax.random.key(config["seed"]))
     params = jax.jit(net.init)(key_init)  # one compiled program instead of one compile per eager op
 
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", {**config, "network": net.describe(), "fnn_version": fnn.__version__})
-    print(f"data: {config['dataset']}, {x_train.shape[0]} train / {x_test.shape[0]} test examples, "
-          f"{x_train.shape[1]} features, {classes} classes{' (standardized)' if config['standardize'] else ''}")
-    print(f"network: {list(net.sizes)} {config['activation']} -> {output}, loss {loss.name}, "
-          f"{config['optimizer']} lr {config['lr']:g}, batch {config['batch_size']}, {config['grads']} gradients")
-    print(f"run folder: {out}{' (resumed)' if args.resume else ''}")
-    title = (f"{config['dataset']}: {list(net.sizes)} {config['activation']} -> {output}, {loss.name}, "
-             f"{config['optimizer']} lr {config['lr']:g}, batch {config['batch_size']}")
-    sys.stdout.flush()
+    out = make_folder(out, unique=args.out is None and args.resume is None)
+    with locked(out, _warn):  # one run per folder; released on every way out (Ctrl-C included)
+        if args.resume is None:
+            check_no_run_yet(out)  # another run may have used the folder before we locked it
+        records["network"] = net.describe()
+        write_json(out / "config.json", {**config, **records})
+        lr_note = f" ({config['optimizer']}'s default)" if lr_default else ""
+        print(f"data: {config['dataset']}, {x_train.shape[0]} train / {x_test.shape[0]} test examples, "
+              f"{x_train.shape[1]} features, {classes} classes{' (standardized)' if config['standardize'] else ''}")
+        print(f"network: {list(net.sizes)} {config['activation']} -> {output}, loss {loss.name}, "
+              f"{config['optimizer']} lr {config['lr']:g}{lr_note}, batch {config['batch_size']}, "
+              f"{config['grads']} gradients")
+        print(f"run folder: {out}{' (resumed)' if args.resume else ''}")
+        sys.stdout.flush()
+        return _train(args, config, records, out, net, params, key_fit, loss, optimizer,
+                      (x_train, y_train), (x_test, y_test))
 
+
+def _train(args, config, records, out, net, params, key_fit, loss, optimizer, train, test) -> int:
+    """Train (in the locked folder), write the history and curves, print the test accuracy."""
+    title = (f"{config['dataset']}: {list(net.sizes)} {config['activation']} -> {config['output']}, {loss.name}, "
+             f"{config['optimizer']} lr {config['lr']:g}, batch {config['batch_size']}")
     t0 = time.perf_counter()
     trained: list[int] = []  # the epochs this call ran (a resumed run starts after its checkpoint)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", fnn.DivergenceWarning)
         try:
             params, history = fnn.fit(
-                net, params, (x_train, y_train), (x_test, y_test), loss=loss, epochs=config["epochs"],
+                net, params, train, test, loss=loss, epochs=config["epochs"],
                 batch_size=config["batch_size"], learning_rate=config["lr"], optimizer=optimizer,
                 grads=config["grads"], key=key_fit, progress=not args.no_progress, checkpoint_dir=out,
                 resume=args.resume is not None, strict=config["strict"], callback=lambda e, h: trained.append(e),
                 devices=args.devices,
             )
         except fnn.TrainingInterrupted as stop:  # a checkpoint is saved; fnn.cli reports it (exit 130)
-            write_history(out, stop.history, title)
+            with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C skips the curves, not the message
+                write_history(out, stop.history, title)
             raise
     seconds = time.perf_counter() - t0
+    try:
+        return _report(config, records, out, net, params, history, trained, seconds, title, caught, loss, test)
+    except KeyboardInterrupt:  # training is over and saved: say so, not just "interrupted"
+        raise KeyboardInterrupt(
+            f"interrupted after training: the checkpoint of epoch {len(history['epoch'])} is saved in {out}; "
+            f"run 'fnn train --resume {out}' to write the history and curves again.") from None
+
+
+def _report(config, records, out, net, params, history, trained, seconds, title, caught, loss, test) -> int:
     diverged = [w for w in caught if issubclass(w.category, fnn.DivergenceWarning)]
     for w in caught:
         if w not in diverged:
@@ -297,7 +309,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"nothing to train: the run already has {len(history['epoch'])} epochs (raise --epochs)")
         config["epochs"] = max(config["epochs"], len(history["epoch"]))
-        write_json(out / "config.json", {**config, "network": net.describe(), "fnn_version": fnn.__version__})
-    accuracy = fnn.evaluate(net, params, x_test, y_test, loss)["accuracy"]
+        write_json(out / "config.json", {**config, **records})
+    accuracy = fnn.evaluate(net, params, *test, loss)["accuracy"]
     print(f"test accuracy: {float(np.nan if accuracy is None else accuracy):.4f}")
     return EXIT_OK

@@ -177,3 +177,19 @@ def test_bench_without_a_checkout_exits_2_saying_how_to_run_it(monkeypatch, caps
     assert cli.main(["bench", "--quick"]) == 2
     line = one_error_line(capsys.readouterr().err, "bench")
     assert "only with the source checkout" in line and "python benchmarks/bench.py" in line
+
+
+# --- run-folder files are written atomically ------------------------------------------------------------------
+
+def test_write_json_interrupted_keeps_the_old_file_and_leaves_no_temporary_one(tmp_path, monkeypatch):
+    """A Ctrl-C between writing history.json's temporary file and renaming it used to leave the .tmp behind."""
+    from fnn._cli import write_json
+
+    path = tmp_path / "history.json"
+    write_json(path, {"epoch": [1]})
+    monkeypatch.setattr("os.replace", _raise(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        write_json(path, {"epoch": [1, 2]})
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.json"]
+    assert '"epoch": [1]' in path.read_text()
