@@ -18,6 +18,7 @@ give finite losses and gradients.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -274,4 +275,12 @@ def manual_objective(net: Network, loss):
         return scaled, (g * dx if dx is not None else x_zero), y_zero
 
     f.defvjp(fwd, bwd)
-    return f
+
+    @functools.wraps(f)
+    def checked(params: Params, x: ArrayLike, y: ArrayLike) -> Array:
+        # jax.custom_vjp turns x and y into JAX arrays before fwd runs (int64 -> int32 without x64, objects ->
+        # JAX's "Error interpreting argument"): validate the caller's values on the host first.
+        _prepare(net, params, x, y, loss_rec)
+        return f(params, x, y)
+
+    return checked

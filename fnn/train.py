@@ -37,7 +37,7 @@ from fnn._types import ArrayLike, Params, PRNGKey
 from fnn.divergence import DivergenceWarning
 from fnn.ensemble import fit_ensemble
 from fnn.evaluation import evaluate, evaluate_checked
-from fnn.network import Network, check_params
+from fnn.network import Network, check_params, numeric_array
 from fnn.optim import OPTIMIZERS, make_optimizer, named_learning_rate, resolve_optimizer
 
 __all__ = [
@@ -117,7 +117,7 @@ def sgd_step(
         step = parallel.make_step(parallel.make_update(net, loss, grads, optimizer), mesh, lr=lr, stateful=stateful)
     else:
         step = _jitted_step(_epoch.make_update(net, loss, grads, optimizer), lr, stateful=stateful)
-    return _with_label_check(step, loss, net.sizes[-1], y_index=3 if stateful else 2)
+    return _with_input_checks(step, loss, net.sizes[-1], y_index=3 if stateful else 2)
 
 
 def _jitted_step(update, lr, *, stateful: bool) -> Callable:
@@ -138,20 +138,22 @@ def _jitted_step(update, lr, *, stateful: bool) -> Callable:
     return step
 
 
-def _with_label_check(step: Callable, loss: _losses.Loss, n_out: int, *, y_index: int) -> Callable:
-    """``step`` that first checks the range of concrete sparse labels (inside ``jit`` they are tracers, and an
-    out-of-range label would silently one-hot to a row of zeros). Costs a host copy of the labels per call;
-    under the caller's own ``jit``/``scan`` the labels are tracers and the check is skipped."""
-    if not loss.sparse:
-        return step
+def _with_input_checks(step: Callable, loss: _losses.Loss, n_out: int, *, y_index: int) -> Callable:
+    """``step`` that first checks concrete ``x`` and ``y`` on the host, before ``jax.jit`` converts them: arrays of
+    objects, strings or complex numbers are a ``TypeError`` naming the argument (JAX would say "Error
+    interpreting argument", or drop the imaginary part), and sparse labels must lie in ``[0, n_out)`` (inside
+    ``jit`` an out-of-range label would silently one-hot to a row of zeros, and an int64 label would first wrap
+    to int32). Costs a host copy of the labels per call; under the caller's own ``jit``/``scan`` the arguments
+    are tracers and only their dtypes are checked."""
 
     @functools.wraps(step)
     def checked(*args):
-        y = args[y_index] if len(args) > y_index else None
-        if y is not None and not isinstance(y, jax.core.Tracer):
-            labels = np.asarray(y)
-            if np.issubdtype(labels.dtype, np.integer):
-                _losses.check_label_range(loss, labels, n_out)
+        if len(args) > y_index:
+            args = list(args)
+            args[y_index - 1] = numeric_array("x", args[y_index - 1])
+            args[y_index] = y = numeric_array("y", args[y_index])
+            if loss.sparse and not isinstance(y, jax.core.Tracer) and np.issubdtype(y.dtype, np.integer):
+                _losses.check_label_range(loss, np.asarray(y), n_out)
         return step(*args)
 
     return checked

@@ -101,12 +101,6 @@ LOSS_PATH = {
 }
 
 
-# Known gaps (RELIABILITY.md, Limits): JAX converts these arguments before fnn's checks can see them.
-CUSTOM_VJP_CONVERTS = ("manual_objective's jax.custom_vjp turns x and y into JAX arrays first (int64 -> int32, "
-                       "objects refused by JAX); needs a host-side check before it in fnn/backprop.py")
-JIT_CONVERTS = ("sgd_step's jax.jit turns x and y into JAX arrays first; needs fnn.network.numeric_array on "
-                "them in fnn/train.py's _with_label_check")
-
 # fault: (params, x, y, loss, exception, pieces, xfail for these targets)
 LOSS_PATH_FAULTS = {
     "x and y batch sizes differ": (P, X, Y[:5], SPARSE, ValueError, (r"\b8\b", r"\b5\b"), {}),
@@ -137,7 +131,7 @@ LOSS_PATH_FAULTS = {
     "loss neither a name nor a record": (P, X, Y, 3, TypeError, (r"loss name", r"\bint\b"), {}),
     "int64 labels of 2**32 + 1 (int32 would wrap them to 1)": (
         P, X, BIG_LABELS, SPARSE, ValueError, (r"\[0, 3\)", r"got label 4294967297 at index 3"),
-        {"manual_objective": CUSTOM_VJP_CONVERTS}),
+        {}),
     "complex inputs": (P, X.astype(np.complex64), Y, SPARSE, TypeError, (r"x must be an array of real numbers",
                                                                          r"complex64"), {}),
     "complex params": (COMPLEX_P, X, Y, SPARSE, TypeError, (r"Layer 0: expected w of a floating dtype",
@@ -146,11 +140,10 @@ LOSS_PATH_FAULTS = {
                               (r"y must be an array of real numbers", r"complex64"), {}),
     "object inputs (a stray pandas column)": (
         P, X.astype(object), Y, SPARSE, TypeError, (r"x must be an array of real numbers", r"dtype object"),
-        {"manual_objective": CUSTOM_VJP_CONVERTS, "sgd_step": JIT_CONVERTS, "sgd_step[adam]": JIT_CONVERTS}),
+        {}),
     "string labels": (P, X, np.array(list("abcabcab")), SPARSE, TypeError,
                       (r"y must be an array of real numbers", r"dtype <U1"),
-                      {"manual_objective": CUSTOM_VJP_CONVERTS, "sgd_step": JIT_CONVERTS,
-                       "sgd_step[adam]": JIT_CONVERTS}),
+                      {}),
 }
 
 
