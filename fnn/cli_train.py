@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import datetime
 import errno
+import functools
 import os
 import sys
 import time
@@ -37,6 +38,7 @@ import numpy as np
 
 import fnn
 from fnn._checkpointer import check_run_metadata, restored_key
+from fnn._checks import check_memory
 from fnn._cli import EXIT_FAILED, EXIT_OK, UsageError, error, one_line, positive, user_input, widths, write_json
 from fnn._files import check_regular_file
 from fnn._run_folder import (
@@ -243,6 +245,10 @@ def run(args: argparse.Namespace) -> int:
     if args.resume is not None:
         check_resumable(out, net, config, loss, optimizer)
     key_init, key_fit = jax.random.split(jax.random.key(config["seed"]))
+    # Sized without allocating (fit checks again, but init would already have allocated a huge net).
+    opt = fnn.make_optimizer(optimizer, config["lr"]) if optimizer is not None else None
+    user_input("", functools.partial(check_memory, what="--hidden"), jax.eval_shape(net.init, key_init), opt,
+               strict=config["strict"])
     params = jax.jit(net.init)(key_init)  # one compiled program instead of one compile per eager op
 
     out = make_folder(out, unique=args.out is None and args.resume is None)

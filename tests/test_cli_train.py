@@ -234,3 +234,18 @@ def test_missing_matplotlib_skips_the_plot(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out.strip() == cli_train.PLOT_SKIPPED == cli.PLOT_SKIPPED
     assert json.loads((tmp_path / "history.json").read_text()) == HISTORY
     assert not (tmp_path / "curves.png").exists()
+
+
+def test_a_network_too_large_for_memory_is_refused_before_init(tmp_path, capsys, monkeypatch):
+    """fnn train used to build params with net.init before fit's memory check, so a 4 TB net allocated (and hung)
+    there; now it is sized with jax.eval_shape and refused (exit 2) before any allocation or run folder."""
+    calls = []
+    real_init_jit = jax.jit
+    monkeypatch.setattr(jax, "jit", lambda f, *a, **k: calls.append(f) or real_init_jit(f, *a, **k))
+    out = tmp_path / "huge"
+    code = cli.main(["train", "--hidden", "1000000,1000000", "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert re.search(r"--hidden: the network is too large for this machine's memory: its params take 4,000\.\d GB",
+                     err), err
+    assert not out.exists() and not calls  # nothing compiled, no folder made
