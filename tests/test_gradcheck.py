@@ -298,3 +298,17 @@ def test_a_smooth_network_has_no_kinks():
                                   n_in=8, width=8)
     report = fnn.gradcheck(net, params, x, y, "sparse_softmax_cross_entropy", taylor=False)
     assert report.ok and report.kinks == 0
+
+
+def test_on_a_kink_the_taylor_test_is_shown_but_not_judged(x64):
+    """A zero input row puts every first-layer relu of that example on its kink: no gradient can pass the
+    Taylor test there (first-order remainder), so a correct network used to be reported FAILED."""
+    net = fnn.mlp([3, 4, 2], hidden="relu", output="identity")
+    params = net.init(jax.random.key(3))
+    x = jnp.array([[0.0, 0.0, 0.0], [0.4, -1.2, 0.7]])
+    y = jnp.array([[1.0, -1.0], [0.5, 0.2]])
+    report = fnn.gradcheck(net, params, x, y, "mse")
+    assert report.kinks >= 1 and not report.taylor.ok
+    assert report.ok and "not judged: θ sits on a kink" in str(report)
+    wrong = fnn.taylor_test(net, params, x + 0.1, y, "mse")  # off the kink it is judged as before
+    assert wrong.ok

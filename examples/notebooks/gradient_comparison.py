@@ -257,19 +257,33 @@ for name in ACTIVATIONS:
 # %% [markdown]
 # In a network, an exact zero pre-activation happens more often than one might think: a zero input row with zero
 # biases (fnn initialises biases to 0), or a hidden layer whose units are all off for an example. Here the first
-# example is all zeros, so every first-layer ReLU of that example sits exactly at its kink. `fnn.gradcheck` sees
-# manual = autodiff, and finite differences disagreeing on the first layer's bias, and only there:
+# example is all zeros, so every first-layer ReLU of that example sits exactly at its kink. The central
+# differences of the first layer's bias then disagree with manual = autodiff, and only there. `fnn.gradcheck`
+# recognises such coordinates — their forward and backward one-sided slopes disagree, which a smooth loss does
+# not do — and leaves them out of the finite-difference legs (counted in `report.kinks`) instead of raising a
+# false alarm; `manual~autodiff` still covers every coordinate. On a kink the Taylor test cannot pass for any
+# gradient (the remainder is first order along most directions), so it is shown but not judged:
 
 # %%
+
+from fnn.numerical import central_and_one_sided
+
 knet = fnn.mlp([3, 4, 2], hidden="relu", output="identity")
 kparams = knet.init(jax.random.key(3))
 xk = jnp.array([[0.0, 0.0, 0.0], [0.4, -1.2, 0.7]])
 yk = jnp.array([[1.0, -1.0], [0.5, 0.2]])
+kflat, kunravel = ravel_pytree(kparams)
+kobjective = fnn.objective(knet, "mse")
+kfd, kinked = central_and_one_sided(lambda t: kobjective(kunravel(t), xk, yk), kflat, np.arange(kflat.size), 1e-6)
+kauto = ravel_pytree(fnn.autodiff(knet, kparams, xk, yk, "mse")[1])[0]
+bias0 = slice(0, 4)  # layer 0's b in ravel order (layers in turn, keys sorted: b, then w)
+print("layer 0 b, autodiff:           ", np.asarray(kauto[bias0]))
+print("layer 0 b, central differences:", kfd[bias0])
+print("one-sided slopes disagree at:  ", np.flatnonzero(kinked))
+assert np.abs(kfd[bias0] - np.asarray(kauto[bias0])).max() > 1e-3  # the differences miss at the kink
 kink_report = fnn.gradcheck(knet, kparams, xk, yk, "mse")
 print(kink_report)
-failing = {(r.layer, r.leaf, r.pair) for r in kink_report.rows if not r.ok}
-assert not kink_report.ok
-assert failing == {(0, "b", "manual~fd"), (0, "b", "autodiff~fd")}, failing
+assert kink_report.ok and kink_report.kinks >= 1
 assert all(r.ok for r in kink_report.rows if r.pair == "manual~autodiff")
 
 # %% [markdown]
