@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -74,11 +75,14 @@ def check_run_metadata(path: str | os.PathLike, metadata: dict) -> tuple[int, di
     return epoch, history, config
 
 
-class Restored:
+class Restored(NamedTuple):
     """What a resume continues from: ``params``, ``opt_state``, ``epoch`` (epochs done), ``history``, ``key``."""
 
-    def __init__(self, params, opt_state, epoch: int, history: dict, key):
-        self.params, self.opt_state, self.epoch, self.history, self.key = params, opt_state, epoch, history, key
+    params: Any
+    opt_state: Any
+    epoch: int
+    history: dict
+    key: Any
 
 
 def restored_key(path, arrays: dict):

@@ -253,8 +253,8 @@ def fit(
                                                      prog), with_opt_state=prog.optimizer is not None)
     history, start = new_history(with_test=test is not None), 0
     if resume and (restored := ckpt.restore(opt_state)) is not None:
-        params, opt_state, start, key = restored.params, restored.opt_state, restored.epoch, restored.key
-        history = continued_history(restored.history, with_test=test is not None)
+        params, opt_state, start, saved_history, key = restored
+        history = continued_history(saved_history, with_test=test is not None)
     bar = progress_bar(progress, total=epochs, initial=start)
     try:
         for e in range(start, epochs):

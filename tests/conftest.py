@@ -9,6 +9,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -159,3 +162,18 @@ def reference_softmax_ce(params, x, y):
 # The references run jitted: op-by-op dispatch compiles every small op separately, which is slow on a small CPU.
 reference_value_and_grad = jax.jit(jax.value_and_grad(reference_softmax_ce))
 reference_loss = jax.jit(reference_softmax_ce)
+
+
+@contextlib.contextmanager
+def no_hang(seconds: int = 10):
+    """Fail instead of hanging: SIGALRM interrupts a blocked ``open`` of a FIFO (the bug the FIFO tests guard)."""
+    def expired(signum, frame):
+        raise TimeoutError(f"blocked for {seconds} s (a FIFO was opened)")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -3,30 +3,14 @@ with the path in the message, before anything is opened (so a FIFO cannot block 
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import signal
 import socket
 
 import pytest
+from conftest import no_hang
 
 from fnn._files import check_regular_file, open_regular
-
-
-@contextlib.contextmanager
-def no_hang(seconds: int = 10):
-    """Fail instead of hanging: SIGALRM interrupts a blocked ``open`` of a FIFO (the bug these tests guard)."""
-    def expired(signum, frame):
-        raise TimeoutError(f"blocked for {seconds} s (a FIFO was opened)")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.mark.parametrize("opener", [check_regular_file, open_regular])

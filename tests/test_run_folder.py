@@ -13,12 +13,10 @@ lock test that needs a second process to kill.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import json
 import os
 import re
-import signal
 import socket
 import struct
 import subprocess
@@ -28,6 +26,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import no_hang
 
 import fnn
 import fnn.plot
@@ -227,7 +226,7 @@ def test_a_lock_path_that_is_not_a_file_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     os.mkfifo(out / LOCK_NAME)
-    with _no_hang():
+    with no_hang(20):
         assert train(*ARGS, "--epochs", 1, "--out", out) == 2
     assert f"{out / LOCK_NAME} is not fnn's lock file" in error_line(capsys.readouterr().err)
 
@@ -291,20 +290,6 @@ def test_a_run_from_before_the_fingerprint_resumes_and_keeps_its_lr(tmp_path, ca
 
 # --- broken checkpoints, config.json files and data folders --------------------------------------------
 
-@contextlib.contextmanager
-def _no_hang(seconds: int = 20):
-    def expired(signum, frame):
-        raise TimeoutError("fnn train blocked on a FIFO")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("finished") / "run"
@@ -344,7 +329,7 @@ def test_resume_refuses_a_checkpoint_that_is_not_a_regular_file(fault, finished_
     run = _copy(finished_run, tmp_path)
     edit(run)
     before = {p.name: (p.is_symlink(), os.lstat(p).st_mode) for p in run.iterdir()}
-    with _no_hang():
+    with no_hang(20):
         assert train("--resume", run, "--epochs", 2, "--no-progress") == code
     assert re.search(expected, error_line(capsys.readouterr().err))
     assert {p.name: (p.is_symlink(), os.lstat(p).st_mode) for p in run.iterdir()} == before  # nothing replaced
@@ -353,7 +338,7 @@ def test_resume_refuses_a_checkpoint_that_is_not_a_regular_file(fault, finished_
 def test_a_new_run_into_a_folder_with_a_fifo_checkpoint_is_refused(tmp_path, capsys):
     (tmp_path / "run").mkdir()
     os.mkfifo(tmp_path / "run" / CHECKPOINT_NAME)
-    with _no_hang():
+    with no_hang(20):
         assert train(*ARGS, "--out", tmp_path / "run") == 2
     assert "is a FIFO (named pipe), not a regular file" in error_line(capsys.readouterr().err)
 
