@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import without_time
 
 import fnn
 from fnn.gradcheck import relative_error
@@ -755,10 +756,6 @@ def _blobs(n=24, seed=0):
     return (rng.normal(size=(3, 4)) * 2)[y] + rng.normal(size=(n, 4)), y
 
 
-def _without_time(history):
-    return {k: v for k, v in history.items() if k != "epoch_time"}
-
-
 def _assert_bit_identical(a, b):
     assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
     for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
@@ -772,7 +769,7 @@ def test_same_seed_same_params_and_history(options):
     kw = dict(loss=SPARSE, epochs=3, batch_size=5, key=jax.random.key(7), progress=False, **options)
     runs = [fnn.fit(net, net.init(jax.random.key(6)), _blobs(), _blobs(9, seed=1), **kw) for _ in range(2)]
     _assert_bit_identical(runs[0][0], runs[1][0])
-    assert _without_time(runs[0][1]) == _without_time(runs[1][1])
+    assert without_time(runs[0][1]) == without_time(runs[1][1])
 
 
 def test_same_seed_same_ensemble():
@@ -781,7 +778,7 @@ def test_same_seed_same_ensemble():
               keys=jax.random.split(jax.random.key(8), 2))
     runs = [fnn.fit_ensemble(net, jax.vmap(net.init)(jax.random.split(KEY, 2)), _blobs(), **kw) for _ in range(2)]
     _assert_bit_identical(runs[0][0], runs[1][0])
-    assert _without_time(runs[0][1]) == _without_time(runs[1][1])
+    assert without_time(runs[0][1]) == without_time(runs[1][1])
 
 
 # Run in this process and in a fresh one (new compilation, new PRNG state): the digests must agree.
@@ -878,7 +875,7 @@ def test_a_save_failing_mid_way_keeps_the_previous_checkpoint_and_resume_finishe
     resumed, h_resumed = fnn.fit(net, net.init(jax.random.key(99)), _blobs(), epochs=3, resume=True,
                                  **_ckpt_kw(folder))
     _assert_bit_identical(resumed, straight)
-    assert _without_time(h_resumed) == _without_time(h_straight)
+    assert without_time(h_resumed) == without_time(h_straight)
 
 
 CRASH_SCRIPT = textwrap.dedent("""
@@ -914,7 +911,7 @@ def test_process_killed_mid_save_keeps_the_previous_checkpoint(tmp_path, straigh
     resumed, history = fnn.fit(net, net.init(KEY), _blobs(), epochs=3, resume=True, **_ckpt_kw(folder))
     straight, h_straight = straight_run
     _assert_bit_identical(resumed, straight)
-    assert _without_time(history) == _without_time(h_straight)
+    assert without_time(history) == without_time(h_straight)
 
 
 def test_resume_from_a_corrupt_checkpoint_refuses_and_keeps_the_file(tmp_path):
