@@ -159,8 +159,13 @@ def fit_ensemble(
             newly = alive & ~finite
             # Strict: a newly diverged member keeps the last finite step the scan froze it at; else its params
             # from the end of the previous epoch. Members that diverged earlier stay frozen.
-            keep = jnp.asarray(alive if strict else alive & finite)
-            params, opt_state = _where_members(keep, new_params, params), _where_members(keep, new_state, opt_state)
+            keep = alive if strict else alive & finite
+            if keep.all():  # the usual epoch: no per-leaf select
+                params, opt_state = new_params, new_state
+            else:
+                keep = jnp.asarray(keep)
+                params = _where_members(keep, new_params, params)
+                opt_state = _where_members(keep, new_state, opt_state)
             alive &= finite
             for m in np.flatnonzero(newly).tolist():
                 _warn_member(history, m, float(lr[m]), e + 1,
