@@ -6,7 +6,7 @@ Networks are pure functions over parameter pytrees (``net.init(key) -> params``,
 whole epochs compiled as one ``lax.scan``.
 """
 
-from fnn import activations, checkpoint, data, initializers, losses, parallel, stats
+from fnn import activations, checkpoint, data, initializers, layers, losses, parallel, penalties, stats
 from fnn.backprop import Trace, autodiff, backprop, manual_apply, manual_objective, objective, per_example_grads
 from fnn.checkpoint import Checkpoint, load, save
 from fnn.data import (
@@ -21,7 +21,7 @@ from fnn.data import (
     train_test_split,
 )
 from fnn.gradcheck import GradcheckReport, finite_difference_grads, gradcheck, taylor_test
-from fnn.network import Network, mlp
+from fnn.network import Network, mlp, serial
 from fnn.train import (
     DivergenceWarning,
     TrainingInterrupted,
@@ -57,6 +57,7 @@ __all__ = [
     "gradcheck",
     "initializers",
     "iris",
+    "layers",
     "load",
     "load_dataset",
     "load_idx",
@@ -69,8 +70,10 @@ __all__ = [
     "objective",
     "one_hot",
     "parallel",
+    "penalties",
     "per_example_grads",
     "save",
+    "serial",
     "sgd_step",
     "standardize",
     "stats",

@@ -24,9 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fnn import _layer
 from fnn import losses as _losses
 from fnn._types import Array, PRNGKey
-from fnn.backprop import autodiff, backprop
+from fnn.backprop import autodiff_in, backprop_in, prepare
 from fnn.network import Network
 
 __all__ = [
@@ -41,7 +42,13 @@ __all__ = [
     "initial_carry",
     "unpack",
     "make_epoch",
+    "DROPOUT_STREAM",
+    "step_keys",
 ]
+
+#: ``fold_in(epoch_key, DROPOUT_STREAM)`` is the key of an epoch's dropout masks: a stream of its own, so the
+#: shuffle order (drawn from the epoch key itself) is the same with and without dropout.
+DROPOUT_STREAM = 0x64726F70
 
 #: Bytes of training data gathered per chunk of mini-batches (see :func:`make_epoch`): a chunk stays in a core's
 #: L2 cache, and the epoch never allocates (and page-faults in) a shuffled copy of the whole training set.
@@ -54,20 +61,38 @@ def all_finite(tree) -> Array:
 
 
 def layer_finite(grads) -> Array:
-    """``(num_layers,)`` booleans: every gradient leaf of layer ``l`` is finite."""
-    return jnp.stack([all_finite(layer) for layer in grads])
+    """``(num_layers,)`` booleans: every gradient leaf of layer ``l`` is finite (True for a layer without params)."""
+    return jnp.stack([all_finite(layer) if jax.tree_util.tree_leaves(layer) else jnp.array(True) for layer in grads])
+
+
+def step_keys(key: PRNGKey, num_batches: int) -> Array:
+    """The dropout key of every step of the epoch whose key is ``key``: ``split(fold_in(key, DROPOUT_STREAM))``."""
+    return jax.random.split(jax.random.fold_in(key, DROPOUT_STREAM), num_batches)
 
 
 # --- the update -----------------------------------------------------------------------------------------
 
-def _grad_fn(net: Network, loss: _losses.Loss, grads: str):
-    if grads == "manual":
-        return lambda p, x, y: backprop(net, p, x, y, loss)
-    return lambda p, x, y: autodiff(net, p, x, y, loss)
+def _grad_fn(net: Network, loss: _losses.Loss, grads: str, axis_name: str | None, penalty):
+    """``(params, x, y, key) -> (loss, grads)``; ``key`` None is inference mode (no dropout)."""
+    core = backprop_in if grads == "manual" else autodiff_in
+
+    def grad_fn(p, x, y, key=None):
+        _, x2, y2 = prepare(net, p, x, y, loss)
+        rows = None
+        if axis_name is not None and key is not None:  # dropout masks by the row's index in the global batch
+            local = x2.shape[0]
+            rows = jax.lax.axis_index(axis_name).astype(jnp.int32) * local + jnp.arange(local, dtype=jnp.int32)
+        ctx = _layer.Context(key is not None, key, axis_name, rows)
+        value, g = core(net, p, x2, y2, loss, ctx, penalty)[:2]
+        return value, g
+
+    return grad_fn
 
 
-def make_update(net: Network, loss: _losses.Loss, grads: str, optimizer, *, axis_name: str | None = None):
-    """``update(params, opt_state, x, y, lr) -> (params, opt_state, loss, grads)``; ``opt_state`` is ``()`` for SGD.
+def make_update(net: Network, loss: _losses.Loss, grads: str, optimizer, *, axis_name: str | None = None,
+                penalty=None):
+    """``update(params, opt_state, x, y, lr, key=None) -> (params, opt_state, loss, grads)``; ``opt_state`` is
+    ``()`` for SGD.
 
     Args:
       net: the network.
@@ -78,27 +103,31 @@ def make_update(net: Network, loss: _losses.Loss, grads: str, optimizer, *, axis
       axis_name: inside ``shard_map``, the mesh axis the batch is split over. The shard's loss and grads are
         ``lax.pmean``-ed over it before the update: the mean of equal-size shard means is the batch mean. (The
         params are first cast to "varying" so that ``jax.grad`` gives the shard's own gradient instead of
-        inserting the psum that shard_map's transpose adds for a replicated input.)
+        inserting the psum that shard_map's transpose adds for a replicated input.) Dropout masks are drawn by
+        each example's row in the global batch, so N shards see the masks of one device.
+      penalty: an :mod:`fnn.penalties` record added to the loss and the grads.
+
+    ``key`` (training mode: dropout) is the step's key; None runs the step in inference mode.
     """
-    grad_fn = _grad_fn(net, loss, grads)
+    grad_fn = _grad_fn(net, loss, grads, axis_name, penalty)
     if axis_name is not None:
         shard_grad_fn = grad_fn
 
-        def grad_fn(p, x, y):
+        def grad_fn(p, x, y, key=None):
             p = jax.lax.pcast(p, axis_name, to="varying")
-            return jax.lax.pmean(shard_grad_fn(p, x, y), axis_name)
+            return jax.lax.pmean(shard_grad_fn(p, x, y, key), axis_name)
 
     if optimizer is None:
 
-        def update(params, opt_state, x, y, lr):
-            value, g = grad_fn(params, x, y)
+        def update(params, opt_state, x, y, lr, key=None):
+            value, g = grad_fn(params, x, y, key)
             new = jax.tree_util.tree_map(lambda p, d: p - (lr * d).astype(p.dtype), params, g)
             return new, opt_state, value, g
 
     else:
 
-        def update(params, opt_state, x, y, lr):
-            value, g = grad_fn(params, x, y)
+        def update(params, opt_state, x, y, lr, key=None):
+            value, g = grad_fn(params, x, y, key)
             updates, opt_state = optimizer.update(g, opt_state, params)
             return optax.apply_updates(params, updates), opt_state, value, g
 
@@ -153,14 +182,14 @@ def step_body(update, lr, *, strict: bool):
     finite params for the rest of the epoch and outputs ``(loss or NaN, (num_layers,) finite flags)``.
     """
 
-    def step(carry, batch):
+    def step(carry, batch):  # batch: (x, y) or, with dropout, (x, y, key)
         p, s = carry
-        p, s, value, _ = update(p, s, batch[0], batch[1], lr)
+        p, s, value, _ = update(p, s, batch[0], batch[1], lr, *batch[2:])
         return (p, s), value
 
     def strict_step(carry, batch):
         p, s, healthy = carry
-        new_p, new_s, value, g = update(p, s, batch[0], batch[1], lr)
+        new_p, new_s, value, g = update(p, s, batch[0], batch[1], lr, *batch[2:])
         layer_ok = layer_finite(g)
         good = healthy & jnp.isfinite(value) & jnp.all(layer_ok) & all_finite(new_p)
         keep = lambda new, old: jnp.where(good, new, old)
@@ -189,7 +218,7 @@ def unpack(carry, out, strict: bool):
 
 def make_epoch(update, n: int, batch_size: int, *, strict: bool, unroll: int,
                rows: Callable[[Array], Array] | None = None, local_batch: int | None = None,
-               chunk_bytes: int = CHUNK_BYTES) -> Callable:
+               chunk_bytes: int = CHUNK_BYTES, keyed: bool = False) -> Callable:
     """``epoch(params, opt_state, x, y, key, lr) -> (params, opt_state, step_losses, layer_ok)``.
 
     ``layer_ok`` is ``(num_batches, num_layers)`` finite flags per step in strict mode, else ``None``.
@@ -211,6 +240,8 @@ def make_epoch(update, n: int, batch_size: int, *, strict: bool, unroll: int,
         this device gathers, ``(k, local_batch)`` (inside ``shard_map``; :mod:`fnn.parallel`). None: all rows.
       local_batch: the rows of each batch ``rows`` keeps (default ``batch_size``).
       chunk_bytes: data gathered per chunk (a tuning knob; results do not depend on it).
+      keyed: pass step ``s`` its dropout key ``step_keys(key, num_batches)[s]`` (training mode); without it the
+        program is exactly the one of a net without dropout.
     """
     num_batches = n // batch_size
     local_batch = batch_size if local_batch is None else local_batch
@@ -220,19 +251,24 @@ def make_epoch(update, n: int, batch_size: int, *, strict: bool, unroll: int,
         k = batches_per_chunk(num_batches, local_batch, math.prod(x.shape[1:]) * x.dtype.itemsize, chunk_bytes)
         num_chunks, tail = divmod(num_batches, k)
         perm = epoch_indices(key, n, batch_size)
+        keys = step_keys(key, num_batches) if keyed else None
 
-        def chunk(carry, idx):  # idx: the example indices of k (or, last, `tail`) consecutive mini-batches
+        def chunk(carry, xs):  # xs[0]: the example indices of k (or, last, `tail`) consecutive mini-batches
+            idx = xs[0]
             if rows is not None:
                 idx = rows(idx.reshape(-1, batch_size)).reshape(-1)
             xb = jnp.take(x, idx, axis=0, mode="clip").reshape(-1, local_batch, *x.shape[1:])
             yb = jnp.take(y, idx, axis=0, mode="clip").reshape(-1, local_batch, *y.shape[1:])
-            return jax.lax.scan(body, carry, (xb, yb), unroll=unroll)
+            return jax.lax.scan(body, carry, (xb, yb, *xs[1:]), unroll=unroll)
 
-        carry, out = jax.lax.scan(chunk, initial_carry(params, opt_state, strict),
-                                  perm[: num_chunks * k * batch_size].reshape(num_chunks, -1))
+        head = num_chunks * k
+        xs = (perm[: head * batch_size].reshape(num_chunks, -1),)
+        if keyed:
+            xs += (keys[:head].reshape(num_chunks, k),)
+        carry, out = jax.lax.scan(chunk, initial_carry(params, opt_state, strict), xs)
         out = jax.tree_util.tree_map(lambda o: o.reshape(num_chunks * k, *o.shape[2:]), out)
         if tail:
-            carry, out_tail = chunk(carry, perm[num_chunks * k * batch_size:])
+            carry, out_tail = chunk(carry, (perm[head * batch_size:], *(() if keys is None else (keys[head:],))))
             out = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), out, out_tail)
         return unpack(carry, out, strict)
 

@@ -1,7 +1,10 @@
 """The hand-written backpropagation, and the autodiff reference it is checked against.
 
 The manual path uses no ``jax.grad``, ``jax.vjp``, ``jax.jvp``, ``jax.linearize`` or ``custom_vjp``: every
-derivative comes from the :class:`~fnn.activations.Activation` and :class:`~fnn.losses.Loss` records. Layers
+derivative comes from the layer records (:mod:`fnn.layers`), the :class:`~fnn.activations.Activation` and
+:class:`~fnn.losses.Loss` records, and the :mod:`fnn.penalties`; the backward pass is the generic reverse loop of
+:mod:`fnn._layer` over the layers, each layer's ``backward`` beside its ``forward``. For a chain of Dense layers
+(``fnn.mlp``), layers
 are counted from 0, as everywhere in fnn (layer ``l`` is ``params[l]`` and ``trace.z[l]``; ``L`` =
 ``net.num_layers - 1`` is the output layer). With ``a_{-1} = x``, ``z_l = a_{l-1} w_l + b_l`` and
 ``a_l = f_l(z_l)`` for layers ``l = 0..L``::
@@ -13,7 +16,12 @@ are counted from 0, as everywhere in fnn (layer ``l`` is ``params[l]`` and ``tra
 
 Softmax and log-softmax backward are vector-Jacobian products ``Jᵀg`` (log-softmax's Jacobian is not
 symmetric). The loss value of a fused pair is computed from ``z_L`` (log-softmax, softplus) so logits of ±1e4
-give finite losses and gradients.
+give finite losses and gradients. The fused forms apply whether the output activation comes from the last
+Dense layer's ``activation=`` or from a trailing activation layer.
+
+Modes: ``train=None`` means training mode (dropout active) iff a ``key`` is given; ``train=True`` without a key
+is a ValueError for a net with dropout. A ``penalty=`` (:mod:`fnn.penalties`) adds its value to the loss and its
+hand-written gradient to the grads.
 """
 
 from __future__ import annotations
@@ -25,34 +33,63 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn import _layer
 from fnn import losses as _losses
-from fnn._types import Array, ArrayLike, Grads, Params
-from fnn.network import Network, check_input, check_params, forward, numeric_array
+from fnn import penalties as _penalties
+from fnn._types import Array, ArrayLike, Grads, Params, PRNGKey
+from fnn.network import Network, check_input, check_params, context, numeric_array
 
 __all__ = [
     "Trace", "backprop", "autodiff", "objective", "per_example_grads", "manual_apply", "manual_objective",
-    "loss_value",
+    "loss_value", "backprop_in", "autodiff_in", "prepare",
 ]
 
 
 class Trace(NamedTuple):
-    """Everything the backward pass computed, one entry per layer (layer 0 is the first hidden layer).
+    """Everything the backward pass computed, one :class:`~fnn._layer.LayerTrace` per layer (counted from 0).
 
     Attributes:
-      x: the input batch ``(batch, n_in)`` (the input of layer 0).
-      z: pre-activations ``z[l]`` of shape ``(batch, n_{l+1})``.
-      a: activations ``a[l] = f_l(z[l])``; layer ``l``'s input is ``x`` for ``l = 0`` and ``a[l-1]`` after.
-      delta: error terms ``delta[l] = dL/dz[l]``, same shapes as ``z``.
+      x: the input batch ``(batch, *input_shape)`` (the input of layer 0).
+      layers: per layer: ``input``, ``output``, ``grad`` (= dL/d(output); dL/dz at a fused output layer) and
+        ``values`` (Dense/Activation: ``"z"``, ``"delta"``; Dropout: ``"mask"``; Residual: ``"layers"``).
+
+    ``z``, ``a`` and ``delta`` are lists over layers: for ``fnn.mlp`` networks the pre-activations ``z[l]``,
+    activations ``a[l] = f_l(z[l])`` and error terms ``delta[l] = dL/dz[l]``; layer ``l``'s input is ``x`` for
+    ``l = 0`` and ``a[l-1]`` after. For a layer without a pre-activation ``z[l]`` is None and ``delta[l]`` is
+    dL/d(output).
     """
 
     x: Array
-    z: list[Array]
-    a: list[Array]
-    delta: list[Array]
+    layers: list
+
+    @property
+    def z(self) -> list:
+        return [t.values.get("z") for t in self.layers]
+
+    @property
+    def a(self) -> list:
+        return [t.output for t in self.layers]
+
+    @property
+    def delta(self) -> list:
+        return [t.values.get("delta", t.grad) for t in self.layers]
+
+    @property
+    def mask(self) -> list:
+        """Each dropout layer's kept units (booleans), None for other layers and in inference mode."""
+        return [t.values.get("mask") for t in self.layers]
+
+    def at(self, path: str) -> _layer.LayerTrace:
+        """The trace of the layer at ``path``: ``"3"``, or ``"3.1"`` for inner layer 1 of block 3."""
+        parts = [int(p) for p in str(path).split(".")]
+        t = self.layers[parts[0]]
+        for p in parts[1:]:
+            t = t.values["layers"][p]
+        return t
 
 
-def _prepare(net: Network, params: Params, x: ArrayLike, y: ArrayLike, loss):
-    """Validate everything in plain Python (shapes are static under jit) and return 2-D arrays."""
+def prepare(net: Network, params: Params, x: ArrayLike, y: ArrayLike, loss):
+    """Validate everything in plain Python (shapes are static under jit) and return batched arrays."""
     loss = _losses.get(loss)
     x2, single = check_input(net, params, x)
     if x2.shape[0] == 0:  # every loss is a batch mean: 0/0 would be a silent NaN
@@ -64,44 +101,47 @@ def _prepare(net: Network, params: Params, x: ArrayLike, y: ArrayLike, loss):
         raise ValueError(
             f"x and y have different batch sizes: x has {x2.shape[0]} examples, y has {y.shape[0]} (y shape {y.shape})."
         )
-    y2 = _losses.check_targets(loss, y, net.sizes[-1], x2.shape[0], None if loss.sparse else x2.dtype)
+    y2 = _losses.check_targets(loss, y, net.output_shape[-1], x2.shape[0], None if loss.sparse else x2.dtype)
     return loss, x2, y2
 
 
-def _loss_and_output_delta(net: Network, loss: _losses.Loss, z: Array, a: Array, y: Array):
-    """The loss value and ``delta_L = dL/dz_L``, by the closed form where the pair has one."""
-    closed = _losses.fused(net.output, loss)
-    if closed is not None:
-        return closed.value(z, y), closed.delta(z, a, y)
-    return loss.value(a, y), net.output.backward(z, a, loss.grad(a, y))
+def _fused(net: Network, loss: _losses.Loss):
+    return _losses.fused(net.output, loss) if net.layers[-1].activation is not None else None
 
 
 def loss_value(net: Network, loss: _losses.Loss, z: Array, a: Array, y: Array) -> Array:
-    """The loss :func:`backprop` reports, from the output layer's pre-activation ``z`` and activation ``a``.
+    """The loss :func:`backprop` reports, from the output layer's pre-activation ``z`` and output ``a``.
 
     A fused output/loss pair (softmax + cross-entropy, sigmoid + binary cross-entropy) is computed from ``z``
     (log-sum-exp, log-sigmoid), so logits of ±1e4 give a finite value; any other pair from ``a``.
     """
-    closed = _losses.fused(net.output, loss)
+    closed = _fused(net, loss)
     return closed.value(z, y) if closed is not None else loss.value(a, y)
 
 
-def _backward(net: Network, params: Params, x: Array, zs, outs, delta: Array):
-    """Propagate ``delta_L`` down the layers; return ``(grads, deltas, dL/dx)``."""
-    n = net.num_layers
-    grads: list = [None] * n
-    deltas: list = [None] * n
-    for l in reversed(range(n)):
-        a_prev = x if l == 0 else outs[l - 1]
-        deltas[l] = delta
-        layer_grad = {"w": a_prev.T @ delta}
-        if "b" in params[l]:
-            layer_grad["b"] = jnp.sum(delta, axis=0)
-        grads[l] = layer_grad
-        upstream = delta @ params[l]["w"].T
-        if l > 0:
-            delta = net.activations[l - 1].backward(zs[l - 1], outs[l - 1], upstream)
-    return grads, deltas, upstream
+def _with_penalty(penalty, params, value, grads=None):
+    if penalty is None:
+        return value if grads is None else (value, grads)
+    value = value + penalty.value(params).astype(value.dtype)
+    if grads is None:
+        return value
+    return value, jax.tree_util.tree_map(lambda g, d: g + d.astype(g.dtype), grads, penalty.grad(params))
+
+
+def backprop_in(net: Network, params: Params, x2: Array, y2: Array, loss: _losses.Loss, ctx: _layer.Context,
+                penalty=None):
+    """The hand-written pass on validated batches in a given context: ``(value, grads, dL/dx, trace)``.
+    (:func:`backprop` validates first; the training core calls this with each device's context.)"""
+    out, records = _layer.forward(net.layers, params, x2, ctx)
+    closed = _fused(net, loss)
+    if closed is not None:
+        z = records[-1][2]["z"]
+        value, g, at_z = closed.value(z, y2), closed.delta(z, out, y2), True
+    else:
+        value, g, at_z = loss.value(out, y2), loss.grad(out, y2), False
+    grads, dx, traces = _layer.backward(net.layers, params, records, g, ctx, at_z=at_z)
+    value, grads = _with_penalty(penalty, params, value, grads)
+    return value, grads, dx, Trace(x2, traces)
 
 
 def backprop(
@@ -111,24 +151,31 @@ def backprop(
     y: ArrayLike,
     loss,
     *,
+    key: PRNGKey | None = None,
+    train: bool | None = None,
+    penalty=None,
     return_trace: bool = False,
 ) -> tuple[Array, Grads] | tuple[Array, Grads, Trace]:
     """Loss and gradients by the hand-written backward pass.
 
     Args:
-      net: the network.
+      net: the network (``fnn.mlp`` or ``fnn.serial``).
       params: its parameters.
-      x: inputs ``(batch, n_in)`` or one example ``(n_in,)``.
+      x: inputs ``(batch, *input_shape)`` or one example ``input_shape``.
       y: targets ``(batch, n_out)`` (``(batch,)`` integer labels for sparse losses; one example without the
-        batch axis when ``x`` is 1-D).
+        batch axis when ``x`` is one example).
       loss: a loss name or :class:`~fnn.losses.Loss` record.
-      return_trace: also return the :class:`Trace` (``z``, ``a``, ``delta`` of every layer).
+      key: a PRNG key: training mode (dropout masks drawn from it; the same key gives the same masks).
+      train: force the mode; None means training mode iff ``key`` is given.
+      penalty: an :mod:`fnn.penalties` record whose value and hand-written gradient are added.
+      return_trace: also return the :class:`Trace` (every layer's input, output, delta, mask).
 
     Returns:
       ``(loss_value, grads)`` or ``(loss_value, grads, trace)``; ``grads`` has the structure of ``params``.
 
     Raises:
-      ValueError / TypeError: input or targets that do not fit the network, unknown loss names.
+      ValueError / TypeError: input or targets that do not fit the network, unknown loss names, training mode
+        without a key on a net with dropout.
 
     Example:
       >>> import jax, jax.numpy as jnp, fnn
@@ -139,72 +186,88 @@ def backprop(
       >>> grads[0]["w"].shape
       (3, 4)
     """
-    loss, x2, y2 = _prepare(net, params, x, y, loss)
-    zs, outs = forward(net, params, x2)
-    value, delta = _loss_and_output_delta(net, loss, zs[-1], outs[-1], y2)
-    grads, deltas, _ = _backward(net, params, x2, zs, outs, delta)
+    loss, x2, y2 = prepare(net, params, x, y, loss)
+    ctx = context(net, key, train)
+    value, grads, _, trace = backprop_in(net, params, x2, y2, loss, ctx, _penalties.get(penalty))
     if return_trace:
-        return value, grads, Trace(x2, zs, outs, deltas)
+        return value, grads, trace
     return value, grads
 
 
-def objective(net: Network, loss):
-    """The scalar ``(params, x, y) -> loss`` that :func:`backprop` differentiates, for autodiff and checks.
+def _objective_in(net: Network, params: Params, x2, y2, loss: _losses.Loss, ctx: _layer.Context, penalty):
+    out, records = _layer.forward(net.layers, params, x2, ctx)
+    value = loss_value(net, loss, records[-1][2].get("z"), out, y2)
+    return _with_penalty(penalty, params, value)
 
-    Fused pairs are computed from the output pre-activations exactly as in :func:`backprop`.
-    """
+
+def objective(net: Network, loss, *, penalty=None):
+    """The scalar ``(params, x, y, *, key=None, train=None) -> loss`` that :func:`backprop` differentiates, for
+    autodiff and checks. Fused pairs are computed from the output pre-activations exactly as in :func:`backprop`;
+    the same key gives the same dropout masks."""
     loss_rec = _losses.get(loss)
+    pen = _penalties.get(penalty)
     if not isinstance(net, Network):
-        raise TypeError(f"Expected a Network (from fnn.mlp) as net, got {type(net).__name__}.")
+        raise TypeError(f"Expected a Network (from fnn.mlp or fnn.serial) as net, got {type(net).__name__}.")
 
-    def f(params: Params, x: ArrayLike, y: ArrayLike) -> Array:
-        _, x2, y2 = _prepare(net, params, x, y, loss_rec)
-        zs, outs = forward(net, params, x2)
-        return loss_value(net, loss_rec, zs[-1], outs[-1], y2)
+    def f(params: Params, x: ArrayLike, y: ArrayLike, *, key: PRNGKey | None = None, train: bool | None = None):
+        _, x2, y2 = prepare(net, params, x, y, loss_rec)
+        return _objective_in(net, params, x2, y2, loss_rec, context(net, key, train), pen)
 
     return f
 
 
-def autodiff(net: Network, params: Params, x: ArrayLike, y: ArrayLike, loss) -> tuple[Array, Grads]:
-    """The reference: ``jax.value_and_grad`` of the same loss :func:`backprop` computes.
+def autodiff_in(net: Network, params: Params, x2: Array, y2: Array, loss: _losses.Loss, ctx: _layer.Context,
+                penalty=None):
+    """``jax.value_and_grad`` of the loss on validated batches in a given context: ``(value, grads)``."""
+    return jax.value_and_grad(_objective_in, argnums=1)(net, params, x2, y2, loss, ctx, penalty)
+
+
+def autodiff(net: Network, params: Params, x: ArrayLike, y: ArrayLike, loss, *, key: PRNGKey | None = None,
+             train: bool | None = None, penalty=None) -> tuple[Array, Grads]:
+    """The reference: ``jax.value_and_grad`` of the same loss :func:`backprop` computes (same key, same masks).
 
     Returns:
       ``(loss_value, grads)`` with grads in the structure of ``params``.
     """
-    f = objective(net, loss)
+    f = objective(net, loss, penalty=penalty)
     check_params(net, params)  # before jax.grad sees them: integer params would fail inside JAX
-    return jax.value_and_grad(f)(params, x, y)
+    return jax.value_and_grad(f)(params, x, y, key=key, train=train)
 
 
-def per_example_grads(net: Network, params: Params, x: ArrayLike, y: ArrayLike, loss) -> Grads:
+def per_example_grads(net: Network, params: Params, x: ArrayLike, y: ArrayLike, loss, *,
+                      key: PRNGKey | None = None, train: bool | None = None) -> Grads:
     """Gradients of each example's own loss, from one batched backward pass.
 
-    Every loss is a mean over the batch, so ``delta_l[n] = dℓ_n/dz_l[n] / N``; each example's gradient is the
-    outer product ``N · a_{l-1}[n] ⊗ delta_l[n]`` (and ``N · delta_l[n]`` for the bias). Equal to
-    ``jax.vmap`` of per-example autodiff with each example as a batch of one.
+    Every loss is a mean over the batch, so ``delta_l[n] = dℓ_n/dz_l[n] / N``; each Dense layer's per-example
+    gradient is the outer product ``N · a_{l-1}[n] ⊗ delta_l[n]`` (and ``N · delta_l[n]`` for the bias);
+    Residual blocks recurse into their inner layers; layers without params give ``{}``. Equal to ``jax.vmap``
+    of per-example autodiff with each example as a batch of one (with dropout: the same masks, by row).
 
     Returns:
       A pytree like ``params`` whose every leaf has a leading batch axis: ``w`` ``(batch, n_in, n_out)``.
+
+    Raises:
+      ValueError: a layer without a per-example form (named by its index and kind).
     """
-    _, _, trace = backprop(net, params, x, y, loss, return_trace=True)
+    for l, layer in enumerate(net.layers if isinstance(net, Network) else ()):
+        if layer.per_example is None:
+            raise ValueError(f"per_example_grads: layer {l} ({layer.kind}) has no per-example form.")
+    _, _, trace = backprop(net, params, x, y, loss, key=key, train=train, return_trace=True)
     n = trace.x.shape[0]
-    out = []
-    for l, layer in enumerate(params):
-        a_prev = trace.x if l == 0 else trace.a[l - 1]
-        delta = trace.delta[l] * n
-        g = {"w": a_prev[:, :, None] * delta[:, None, :]}
-        if "b" in layer:
-            g["b"] = delta
-        out.append(g)
-    return out
+    return [layer.per_example(p, t, n) for layer, p, t in zip(net.layers, params, trace.layers, strict=True)]
+
+
+def _key_cotangent(key):
+    return None if key is None else np.zeros(jnp.shape(key), dtype=jax.dtypes.float0)
 
 
 def manual_apply(net: Network):
-    """``apply(params, x)`` whose ``jax.grad`` runs through the hand-written backward rules.
+    """``apply(params, x, key=None)`` whose ``jax.grad`` runs through the hand-written backward rules.
 
-    A ``jax.custom_vjp`` bridge: the forward pass saves ``z`` and ``a`` of every layer, and the backward rule
-    turns the upstream cotangent ``dL/da_L`` into ``delta_L = f_L.backward(z_L, a_L, ·)`` and runs the same
-    recursion as :func:`backprop`. Compose it with any JAX loss, regulariser or optax code.
+    A ``jax.custom_vjp`` bridge: the forward pass saves every layer's input, output and aux values, and the
+    backward rule runs the generic reverse loop from the upstream cotangent ``dL/d(output)``, exactly as
+    :func:`backprop` does below the loss. With ``key`` the pass runs in training mode (the same dropout masks as
+    :func:`backprop` with that key). Compose it with any JAX loss, regulariser or optax code.
 
     Example:
       >>> f = fnn.manual_apply(net)
@@ -212,30 +275,35 @@ def manual_apply(net: Network):
     """
 
     if not isinstance(net, Network):
-        raise TypeError(f"Expected a Network (from fnn.mlp) as net, got {type(net).__name__}.")
+        raise TypeError(f"Expected a Network (from fnn.mlp or fnn.serial) as net, got {type(net).__name__}.")
 
     @jax.custom_vjp
-    def apply(params: Params, x: ArrayLike) -> Array:
-        return net.apply(params, x)
+    def bridge(params: Params, x: ArrayLike, key) -> Array:
+        return net.apply(params, x, key=key)
 
-    def fwd(params, x):
+    def fwd(params, x, key):
         x2, single = check_input(net, params, x)
-        zs, outs = forward(net, params, x2)
-        out = outs[-1][0] if single else outs[-1]
+        ctx = context(net, key, None)
+        out, records = _layer.forward(net.layers, params, x2, ctx)
         # Residuals must be JAX values: keep x itself (its rank and dtype say how to shape dL/dx), not a bool
         # and a dtype object.
-        return out, (params, x2, zs, outs, jnp.asarray(x))
+        return (out[0] if single else out), (params, records, jnp.asarray(x), key)
 
     def bwd(res, g):
-        params, x2, zs, outs, x = res
-        single = x.ndim == 1
-        g = g[None] if single else g
-        delta = net.output.backward(zs[-1], outs[-1], g)
-        grads, _, dx = _backward(net, params, x2, zs, outs, delta)
+        params, records, x, key = res
+        ctx = context(net, key, None)
+        single = x.ndim == len(net.input_shape)
+        grads, dx, _ = _layer.backward(net.layers, params, records, g[None] if single else g, ctx)
         dx = dx[0] if single else dx
-        return grads, dx.astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.inexact) else _zero_cotangent(x)
+        dx = dx.astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.inexact) else _zero_cotangent(x)
+        return grads, dx, _key_cotangent(key)
 
-    apply.defvjp(fwd, bwd)
+    bridge.defvjp(fwd, bwd)
+
+    @functools.wraps(bridge)
+    def apply(params: Params, x: ArrayLike, key: PRNGKey | None = None) -> Array:
+        return bridge(params, x, key)
+
     return apply
 
 
@@ -246,41 +314,42 @@ def _zero_cotangent(y):
     return np.zeros(y.shape, dtype=jax.dtypes.float0)
 
 
-def manual_objective(net: Network, loss):
-    """``(params, x, y) -> loss`` whose ``jax.grad`` with respect to params is the hand-written backprop.
+def manual_objective(net: Network, loss, *, penalty=None):
+    """``(params, x, y, key=None) -> loss`` whose ``jax.grad`` with respect to params is the hand-written backprop.
 
-    Unlike :func:`manual_apply` it keeps the closed forms of the fused output/loss pairs. The cotangent for
-    ``x`` is the manual ``dL/dx``; for ``y`` it is zero (targets are data).
+    Unlike :func:`manual_apply` it keeps the closed forms of the fused output/loss pairs, and adds ``penalty``'s
+    value and hand-written gradient. The cotangent for ``x`` is the manual ``dL/dx``; for ``y`` it is zero
+    (targets are data). With ``key``: training mode, the masks of :func:`backprop` with that key.
     """
     loss_rec = _losses.get(loss)
+    pen = _penalties.get(penalty)
     if not isinstance(net, Network):
-        raise TypeError(f"Expected a Network (from fnn.mlp) as net, got {type(net).__name__}.")
+        raise TypeError(f"Expected a Network (from fnn.mlp or fnn.serial) as net, got {type(net).__name__}.")
 
     @jax.custom_vjp
-    def f(params: Params, x: ArrayLike, y: ArrayLike) -> Array:
-        return backprop(net, params, x, y, loss_rec)[0]
+    def f(params: Params, x: ArrayLike, y: ArrayLike, key) -> Array:
+        return backprop(net, params, x, y, loss_rec, key=key, penalty=pen)[0]
 
-    def fwd(params, x, y):
-        _, x2, y2 = _prepare(net, params, x, y, loss_rec)
-        zs, outs = forward(net, params, x2)
-        value, delta = _loss_and_output_delta(net, loss_rec, zs[-1], outs[-1], y2)
-        grads, _, dx = _backward(net, params, x2, zs, outs, delta)
+    def fwd(params, x, y, key):
+        _, x2, y2 = prepare(net, params, x, y, loss_rec)
+        value, grads, dx, _ = backprop_in(net, params, x2, y2, loss_rec, context(net, key, None), pen)
         x_arr = jnp.asarray(x)
         dx = dx.reshape(x_arr.shape).astype(x_arr.dtype) if jnp.issubdtype(x_arr.dtype, jnp.inexact) else None
-        return value, (grads, dx, _zero_cotangent(x) if dx is None else None, _zero_cotangent(y))
+        return value, (grads, dx, _zero_cotangent(x) if dx is None else None, _zero_cotangent(y), key)
 
     def bwd(res, g):
-        grads, dx, x_zero, y_zero = res
+        grads, dx, x_zero, y_zero, key = res
         scaled = jax.tree_util.tree_map(lambda t: g * t, grads)
-        return scaled, (g * dx if dx is not None else x_zero), y_zero
+        return scaled, (g * dx if dx is not None else x_zero), y_zero, _key_cotangent(key)
 
     f.defvjp(fwd, bwd)
 
     @functools.wraps(f)
-    def checked(params: Params, x: ArrayLike, y: ArrayLike) -> Array:
+    def checked(params: Params, x: ArrayLike, y: ArrayLike, key: PRNGKey | None = None) -> Array:
         # jax.custom_vjp turns x and y into JAX arrays before fwd runs (int64 -> int32 without x64, objects ->
         # JAX's "Error interpreting argument"): validate the caller's values on the host first.
-        _prepare(net, params, x, y, loss_rec)
-        return f(params, x, y)
+        prepare(net, params, x, y, loss_rec)
+        context(net, key, None)
+        return f(params, x, y, key)
 
     return checked

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from fnn._epoch import all_finite, epoch_indices, layer_finite
+from fnn._epoch import all_finite, epoch_indices, layer_finite, step_keys
 
 __all__ = ["DivergenceWarning", "locate", "replay", "broken_at_start", "message"]
 
@@ -24,8 +24,9 @@ def locate(step_losses, layer_ok) -> tuple[int, int | None]:
     return step, (int(bad_layers.max()) if bad_layers.size else None)
 
 
-def replay(update, lr, params, opt_state, x, y, key, batch_size: int) -> tuple[int, int | None]:
-    """Replay a diverged epoch step by step from its starting state: ``(first bad step, layer)``.
+def replay(update, lr, params, opt_state, x, y, key, batch_size: int, keyed: bool = False) -> tuple[int, int | None]:
+    """Replay a diverged epoch step by step from its starting state: ``(first bad step, layer)`` (with ``keyed``,
+    each step gets the dropout key the epoch gave it).
 
     The layer is the deepest one whose grads went non-finite (the backward pass runs output first, the order
     in which a bad delta spreads), or None when the loss or the updated params went non-finite first.
@@ -34,8 +35,10 @@ def replay(update, lr, params, opt_state, x, y, key, batch_size: int) -> tuple[i
     num_batches = n // batch_size
     perm = np.asarray(epoch_indices(key, n, batch_size)).reshape(num_batches, batch_size)
     step = jax.jit(update)
+    keys = step_keys(key, num_batches) if keyed else None
     for s in range(num_batches):
-        params_new, opt_state, value, grads = step(params, opt_state, x[perm[s]], y[perm[s]], lr)
+        args = (params, opt_state, x[perm[s]], y[perm[s]], lr) + (() if keys is None else (keys[s],))
+        params_new, opt_state, value, grads = step(*args)
         layer_ok = np.asarray(layer_finite(grads))
         if not layer_ok.all() or not np.isfinite(float(value)):
             bad = [l for l in range(len(layer_ok)) if not layer_ok[l]]
@@ -46,11 +49,12 @@ def replay(update, lr, params, opt_state, x, y, key, batch_size: int) -> tuple[i
     return num_batches - 1, None
 
 
-def broken_at_start(update, lr, params, opt_state, x, y, key, batch_size: int) -> bool:
+def broken_at_start(update, lr, params, opt_state, x, y, key, batch_size: int, keyed: bool = False) -> bool:
     """True when the very first step's loss (computed before its update) is already non-finite, or the params
     are: then no learning rate is to blame — the params or the data are."""
     first = np.asarray(epoch_indices(key, x.shape[0], batch_size)[:batch_size])
-    value = jax.jit(update)(params, opt_state, x[first], y[first], lr)[2]
+    extra = (step_keys(key, x.shape[0] // batch_size)[0],) if keyed else ()
+    value = jax.jit(update)(params, opt_state, x[first], y[first], lr, *extra)[2]
     return not (np.isfinite(float(value)) and bool(all_finite(params)))
 
 

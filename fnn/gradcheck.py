@@ -32,10 +32,11 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from fnn import losses as _losses
+from fnn import penalties as _penalties
 from fnn._types import ArrayLike, Params, PRNGKey
-from fnn.backprop import autodiff, backprop, objective
-from fnn.network import Network, check_params
-from fnn.numerical import TaylorResult, central_and_one_sided, finite_difference_grads, taylor_test
+from fnn.backprop import autodiff, backprop
+from fnn.network import Network, check_params, param_dtype
+from fnn.numerical import TaylorResult, central_and_one_sided, finite_difference_grads, fixed_objective, taylor_test
 
 __all__ = ["LeafCheck", "GradcheckReport", "TaylorResult", "gradcheck", "taylor_test", "finite_difference_grads",
            "relative_error", "tolerance", "error_bound", "scaled_error", "ERROR_MODEL_K"]
@@ -191,7 +192,12 @@ def _to_f64(tree):
 
 
 def _leaf_names(params: Params):
-    return [(l, k) for l, layer in enumerate(params) for k in sorted(layer)]
+    """``(layer, leaf)`` of every leaf in ravel order; a nested leaf ``3.1.w`` is ``(3, "1.w")``."""
+    out = []
+    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
+        parts = [str(getattr(k, "idx", getattr(k, "key", k))) for k in path]
+        out.append((int(parts[0]), ".".join(parts[1:])))
+    return out
 
 
 def gradcheck(
@@ -208,6 +214,9 @@ def gradcheck(
     fd_rtol: float = FD_TOLERANCE,
     taylor: bool = True,
     bound: float | None = None,
+    dropout_key: PRNGKey | None = None,
+    train: bool | None = None,
+    penalty=None,
 ) -> GradcheckReport:
     """Compare the hand-written gradient with ``jax.grad`` and with central finite differences.
 
@@ -227,6 +236,10 @@ def gradcheck(
       taylor: also run :func:`taylor_test` on the manual gradient.
       bound: max scaled error of the low-precision legs (default :func:`error_bound` of the params' dtype and
         the network's depth).
+      dropout_key: the key of training mode (fixed dropout masks, the same in every leg). Default: for a net
+        with dropout a key derived from ``key``, so the dropout backward pass is checked; else inference mode.
+      train: force the mode (``False`` checks a net with dropout in inference mode).
+      penalty: an :mod:`fnn.penalties` record, checked with the loss.
 
     Returns:
       A :class:`GradcheckReport`; its ``off`` names the wrong legs when it fails.
@@ -242,27 +255,32 @@ def gradcheck(
     if num_checks is not None and (isinstance(num_checks, bool) or not isinstance(num_checks, (int, np.integer))
                                    or num_checks < 1):
         raise ValueError(f"num_checks must be a positive int (or None for all coordinates), got {num_checks!r}.")
-    dtype = jnp.asarray(params[0]["w"]).dtype
+    dtype = param_dtype(net, params)
     low_precision = dtype != jnp.float64
     rtol = tolerance(jnp.float64) if rtol is None else rtol
     bound = error_bound(dtype, net.num_layers) if bound is None else bound
-    value, manual = backprop(net, params, x, y, loss)
-    auto = autodiff(net, params, x, y, loss)[1] if low_precision else None
+    train = net.stochastic if train is None else train
+    if train and dropout_key is None:
+        dropout_key = jax.random.fold_in(key, 7)
+    mode = {"key": dropout_key if train else None, "train": train, "penalty": _penalties.get(penalty)}
+    value, manual = backprop(net, params, x, y, loss, **mode)
+    auto = autodiff(net, params, x, y, loss, **mode)[1] if low_precision else None
 
     with jax.enable_x64(True):
         p64, x64 = _to_f64(params), _to_f64(x)
         y64 = jnp.asarray(y) if loss.sparse else _to_f64(y)
-        f = objective(net, loss)
+        f = fixed_objective(net, loss, mode["key"], train, mode["penalty"])
         flat, unravel = ravel_pytree(p64)
-        manual64 = np.asarray(ravel_pytree(backprop(net, p64, x64, y64, loss)[1])[0])
-        auto64 = np.asarray(ravel_pytree(autodiff(net, p64, x64, y64, loss)[1])[0])
+        manual64 = np.asarray(ravel_pytree(backprop(net, p64, x64, y64, loss, **mode)[1])[0])
+        auto64 = np.asarray(ravel_pytree(autodiff(net, p64, x64, y64, loss, **mode)[1])[0])
         n = flat.shape[0]
         k_sample, k_taylor = jax.random.split(key)
         budget = min(n, 5000) if num_checks is None else min(n, int(num_checks))
         idx = (np.arange(n) if budget == n
                else np.sort(np.asarray(jax.random.choice(k_sample, n, (budget,), replace=False))))
         fd, kink = central_and_one_sided(lambda t: f(unravel(t), x64, y64), flat, idx, eps)
-        taylor_result = (taylor_test(net, p64, x64, y64, loss, grads=unravel(jnp.asarray(manual64)), key=k_taylor)
+        taylor_result = (taylor_test(net, p64, x64, y64, loss, grads=unravel(jnp.asarray(manual64)), key=k_taylor,
+                                     dropout_key=mode["key"], train=train, penalty=mode["penalty"])
                          if taylor else None)
         native = {"manual": np.asarray(ravel_pytree(_to_f64(manual))[0]),
                   "autodiff": np.asarray(ravel_pytree(_to_f64(auto))[0])} if low_precision else {}
@@ -280,8 +298,8 @@ def gradcheck(
     crossed = kink & (np.abs(auto64[idx] - fd) > fd_rtol * np.maximum(np.abs(auto64[idx]) + np.abs(fd), fd_floor))
     idx, fd = idx[~crossed], fd[~crossed]
     rows: list[LeafCheck] = []
-    for (layer, leaf), lo, hi in zip(_leaf_names(params), bounds[:-1], bounds[1:], strict=True):
-        shape = tuple(np.shape(params[layer][leaf]))
+    leaf_shapes = [tuple(np.shape(leaf)) for leaf in jax.tree_util.tree_leaves(params)]
+    for (layer, leaf), shape, lo, hi in zip(_leaf_names(params), leaf_shapes, bounds[:-1], bounds[1:], strict=True):
         sel = (idx >= lo) & (idx < hi)
         fd_leaf, pos = fd[sel], idx[sel]
         # float64 rounding in a deep net leaves a few eps of the leaf's magnitude on every coordinate: small

@@ -1,10 +1,16 @@
-"""Multi-layer perceptrons as pure functions over a parameter pytree.
+"""Networks as pure functions over a parameter pytree: :func:`serial` of layers, and :func:`mlp` as its sugar.
 
-A :class:`Network` is a NamedTuple: the static description of its layers plus two pure functions,
-``init(key) -> params`` and ``apply(params, x) -> output``. Params are a plain list with one dict per layer,
-``{"w": (n_in, n_out), "b": (n_out,)}`` (no ``"b"`` key when ``bias=False``). Layers are counted from 0:
-layer ``l`` (``params[l]``) computes ``z_l = a_{l-1} @ w_l + b_l`` and ``a_l = f_l(z_l)`` with ``a_{-1} = x``;
-the textbook's ``W`` of shape ``(n_out, n_in)`` acting on a column vector is ``w.T`` here, acting on a row vector.
+A :class:`Network` is a NamedTuple: the bound layer records (:mod:`fnn.layers`), the per-example input shape,
+the dtype, and two pure functions, ``init(key) -> params`` and ``apply(params, x) -> output``. Params are a
+plain list with one entry per layer: ``{"w": (n_in, n_out), "b": (n_out,)}`` for Dense (no ``"b"`` key when
+``bias=False``), ``{}`` for a layer without params, a list for a Residual block. Layers are counted from 0:
+Dense layer ``l`` (``params[l]``) computes ``z_l = a_{l-1} @ w_l + b_l`` and ``a_l = f_l(z_l)`` with
+``a_{-1} = x``; the textbook's ``W`` of shape ``(n_out, n_in)`` acting on a column vector is ``w.T`` here,
+acting on a row vector. Nested layers are named by path: ``3.1.w`` is layer 3, inner layer 1, leaf ``w``.
+
+``fnn.mlp([784, 30, 10], hidden="sigmoid")`` and
+``fnn.serial(L.Dense(30, activation="sigmoid"), L.Dense(10), input_shape=(784,))`` are the same network: the
+same layer records, params from the same key, outputs, gradients and :meth:`Network.describe`.
 """
 
 from __future__ import annotations
@@ -16,71 +22,111 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn import _layer
 from fnn import activations as _activations
 from fnn import initializers as _initializers
+from fnn import layers as _layers
+from fnn._arrays import check_layer_params, numeric_array
 from fnn._types import Array, ArrayLike, Params, PRNGKey
 
-__all__ = ["Network", "mlp", "forward"]
+__all__ = ["Network", "mlp", "serial", "forward", "from_description", "context"]
 
 
 class Network(NamedTuple):
-    """A static MLP description and its pure ``init``/``apply`` functions.
+    """A network: its bound layers and its pure ``init``/``apply`` functions.
 
     Attributes:
-      sizes: layer widths ``(n_in, n_hidden..., n_out)``.
-      activations: one :class:`~fnn.activations.Activation` per layer (``len(sizes) - 1``).
-      bias: whether layers carry a bias ``"b"``.
-      initializer: the weight :class:`~fnn.initializers.Initializer` (biases start at zero).
+      layers: one bound :class:`~fnn._layer.Layer` record per layer.
+      input_shape: the per-example input shape, e.g. ``(784,)``.
       dtype: the parameter dtype.
-      init: ``init(key) -> params``.
-      apply: ``apply(params, x) -> output`` for ``x`` of shape ``(n_in,)`` or ``(batch, n_in)``.
+      init: ``init(key) -> params``: a list, one entry per layer; the same key gives the same params.
+      apply: ``apply(params, x, *, key=None, train=None) -> output`` for ``x`` of shape ``input_shape`` or
+        ``(batch, *input_shape)``; inference mode (dropout off) unless ``key`` is given or ``train=True``.
     """
 
-    sizes: tuple[int, ...]
-    activations: tuple[_activations.Activation, ...]
-    bias: bool
-    initializer: _initializers.Initializer
+    layers: tuple[_layer.Layer, ...]
+    input_shape: tuple[int, ...]
     dtype: Any
     init: Callable[[PRNGKey], Params]
-    apply: Callable[[Params, ArrayLike], Array]
+    apply: Callable[..., Array]
 
     @property
     def num_layers(self) -> int:
-        return len(self.sizes) - 1
+        return len(self.layers)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """The per-example output shape."""
+        return self.layers[-1].output_shape
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """The feature width entering layer 0 and leaving every layer: ``fnn.mlp``'s ``sizes`` for a Dense
+        chain, e.g. ``(784, 30, 10)``."""
+        return (self.input_shape[-1], *(layer.output_shape[-1] for layer in self.layers))
+
+    @property
+    def activations(self) -> tuple[_activations.Activation, ...]:
+        """Every layer's activation (identity for a layer without one)."""
+        return tuple(layer.activation or _activations.identity for layer in self.layers)
 
     @property
     def output(self) -> _activations.Activation:
-        """The activation of the last layer."""
-        return self.activations[-1]
+        """The activation of the last layer (identity when it has none); the one a cross-entropy fuses with."""
+        return self.layers[-1].activation or _activations.identity
+
+    @property
+    def bias(self) -> bool:
+        """Whether every Dense layer carries a bias ``"b"``."""
+        return all(layer.config["bias"] for layer in self.layers if layer.kind == "Dense")
+
+    @property
+    def initializer(self) -> _initializers.Initializer:
+        """The weight initializer of the first Dense layer (all of them, for ``fnn.mlp`` networks)."""
+        return _initializers.get(next(lay.config["init"] for lay in self.layers if lay.kind == "Dense"))
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether training mode needs a key (the net has dropout with a rate above 0)."""
+        return any(layer.stochastic for layer in self.layers)
 
     def describe(self) -> dict:
-        """A JSON-able description; ``fnn.mlp(**net.describe())`` rebuilds the same network."""
-        return {
-            "sizes": list(self.sizes),
-            "activations": [a.name for a in self.activations],
-            "bias": self.bias,
-            "init": self.initializer.name,
-            "dtype": jnp.dtype(self.dtype).name,
-        }
+        """A JSON-able description; :func:`from_description` rebuilds the same network.
 
-    def param_shapes(self) -> list[dict[str, tuple[int, ...]]]:
+        A chain of Dense layers with one bias setting and one initializer is described as ``fnn.mlp``'s
+        arguments (``{"sizes", "activations", "bias", "init", "dtype"}``, the form checkpoints have always
+        held); any other net as ``{"input_shape", "layers", "dtype"}`` with one ``{"kind": ..., ...}`` per layer.
+        """
+        dtype = jnp.dtype(self.dtype).name
+        dense = [layer.config for layer in self.layers if layer.kind == "Dense"]
+        if len(dense) == len(self.layers) and len(self.input_shape) == 1 and \
+                len({(c["bias"], c["init"]) for c in dense}) == 1:
+            return {"sizes": list(self.sizes), "activations": [c["activation"] for c in dense],
+                    "bias": dense[0]["bias"], "init": dense[0]["init"], "dtype": dtype}
+        return {"input_shape": list(self.input_shape), "layers": [_describe(layer) for layer in self.layers],
+                "dtype": dtype}
+
+    def param_shapes(self) -> list:
         """The shape of every leaf, in the layout of params."""
-        shapes = []
-        for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:], strict=True):
-            layer = {"w": (n_in, n_out)}
-            if self.bias:
-                layer["b"] = (n_out,)
-            shapes.append(layer)
-        return shapes
+        return [layer.param_shapes for layer in self.layers]
 
     def check_params(self, params: Params) -> None:
         """Raise a ValueError naming the layer and the shapes when params do not fit this network."""
         check_params(self, params)
 
     def __repr__(self) -> str:
-        acts = ", ".join(a.name for a in self.activations)
         dtype = jnp.dtype(self.dtype).name
-        return f"Network(sizes={list(self.sizes)}, activations=[{acts}], bias={self.bias}, dtype={dtype})"
+        if "sizes" in self.describe():
+            acts = ", ".join(a.name for a in self.activations)
+            return f"Network(sizes={list(self.sizes)}, activations=[{acts}], bias={self.bias}, dtype={dtype})"
+        layers = ", ".join(repr(layer) for layer in self.layers)
+        return f"Network(input_shape={self.input_shape}, layers=[{layers}], dtype={dtype})"
+
+
+def _describe(layer: _layer.Layer) -> dict:
+    if layer.children:
+        return {"kind": layer.kind, "layers": [_describe(child) for child in layer.children]}
+    return {"kind": layer.kind, **layer.config}
 
 
 def _check_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
@@ -144,134 +190,158 @@ def mlp(
             f"sizes {list(sizes)} describe {n_layers} layer(s), so activations needs {n_layers} entries; "
             f"got {len(activations)}: {list(activations)}."
         )
-    acts = tuple(_activations.get(a) for a in activations)
-    initializer = _initializers.get(init)
     if not isinstance(bias, bool):
         raise TypeError(f"bias must be True or False, got {bias!r}.")
+    acts = [_activations.get(a) for a in activations]
+    initializer = _initializers.get(init)
+    dense = [_layers.Dense(n, act, bias=bias, init=initializer) for n, act in zip(sizes[1:], acts, strict=True)]
+    return serial(*dense, input_shape=(sizes[0],), dtype=dtype)
+
+
+def _check_dtype(dtype) -> Any:
     dtype = jnp.dtype(jnp.result_type(float) if dtype is None else dtype)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"dtype must be a floating dtype (float16, bfloat16, float32, float64), got {dtype}.")
+    return dtype
+
+
+def _check_shape(input_shape) -> tuple[int, ...]:
+    if isinstance(input_shape, int) and not isinstance(input_shape, bool):
+        input_shape = (input_shape,)
+    if not isinstance(input_shape, Sequence) or isinstance(input_shape, str) or not input_shape or any(
+            isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0 for n in input_shape):
+        raise ValueError(f"serial: input_shape must be the per-example shape as a tuple of positive ints, e.g. "
+                         f"(784,) or (28, 28, 1); got {input_shape!r}.")
+    return tuple(int(n) for n in input_shape)
+
+
+def serial(*layers, input_shape, dtype: Any = None) -> Network:
+    """Compose layers in order: ``serial(L.Dense(30, activation="relu"), L.Dropout(0.2), L.Dense(10),
+    input_shape=(784,))``.
+
+    Args:
+      layers: layer specs from :mod:`fnn.layers`; an activation name or record stands for
+        ``L.Activation(name)``.
+      input_shape: the per-example input shape (an int means ``(n,)``).
+      dtype: parameter dtype; ``None`` means JAX's default float (float32, or float64 with x64 enabled).
+
+    Returns:
+      A :class:`Network`; ``init(key)`` splits ``key`` into one key per layer.
+
+    Raises:
+      ValueError / TypeError: no layers, unknown names, shapes that do not chain (naming the layer and both
+        shapes), a non-float dtype.
+
+    Example:
+      >>> import jax, fnn
+      >>> from fnn import layers as L
+      >>> net = fnn.serial(L.Dense(8, activation="tanh"), L.Residual(L.Dense(8, activation="tanh")), L.Dense(3),
+      ...                  input_shape=(4,))
+      >>> [sorted(p) if isinstance(p, dict) else len(p) for p in net.init(jax.random.key(0))]
+      [['b', 'w'], 1, ['b', 'w']]
+    """
+    if not layers:
+        raise ValueError("serial needs at least one layer, e.g. serial(fnn.layers.Dense(10), input_shape=(784,)).")
+    shape = _check_shape(input_shape)
+    dtype = _check_dtype(dtype)
+    bound, s = [], shape
+    for l, spec in enumerate(layers):
+        layer = _layers.as_spec(spec, f"Layer {l}").bind(s, str(l))
+        bound.append(layer)
+        s = layer.output_shape
+    bound = tuple(bound)
 
     def init_fn(key: PRNGKey) -> Params:
-        keys = jax.random.split(key, n_layers)
-        params = []
-        for k, n_in, n_out in zip(keys, sizes[:-1], sizes[1:], strict=True):
-            layer = {"w": initializer(k, (n_in, n_out), dtype)}
-            if bias:
-                layer["b"] = jnp.zeros((n_out,), dtype)
-            params.append(layer)
-        return params
+        keys = jax.random.split(key, len(bound))
+        return [layer.init(k, dtype) for layer, k in zip(bound, keys, strict=True)]
 
-    net = Network(sizes, acts, bias, initializer, dtype, init_fn, None)  # type: ignore[arg-type]
+    net = Network(bound, shape, dtype, init_fn, None)  # type: ignore[arg-type]
 
-    def apply_fn(params: Params, x: ArrayLike) -> Array:
+    def apply_fn(params: Params, x: ArrayLike, *, key: PRNGKey | None = None, train: bool | None = None) -> Array:
         x2, single = check_input(net, params, x)
-        _, outs = forward(net, params, x2)
-        return outs[-1][0] if single else outs[-1]
+        y, _ = _layer.forward(net.layers, params, x2, context(net, key, train))
+        return y[0] if single else y
 
     return net._replace(apply=apply_fn)
 
 
+def context(net: Network, key: PRNGKey | None, train: bool | None, **kw) -> _layer.Context:
+    """The :class:`~fnn._layer.Context` of a call: ``train=None`` means training mode iff ``key`` is given.
+
+    Raises:
+      ValueError: training mode without a key for a net with dropout.
+    """
+    if train is not None and not isinstance(train, bool):
+        raise TypeError(f"train must be True, False or None (training mode iff a key is given), got {train!r}.")
+    train = key is not None if train is None else train
+    if train and key is None and net.stochastic:
+        raise ValueError("Training mode (train=True) on a net with dropout needs a PRNG key: pass key=, e.g. "
+                         "key=jax.random.key(0); the same key gives the same dropout masks.")
+    return _layer.Context(train, key, **kw)
+
+
+def from_description(desc: dict) -> Network:
+    """The network :meth:`Network.describe` described (either form)."""
+    if not isinstance(desc, dict):
+        raise TypeError(f"A network description must be a dict, got {type(desc).__name__}.")
+    if "layers" in desc:
+        specs = [_layers.from_description(d) for d in desc["layers"]]
+        return serial(*specs, input_shape=tuple(desc["input_shape"]), dtype=desc.get("dtype"))
+    return mlp(**desc)
+
+
+def check_params_type(net) -> None:
+    """Raise TypeError unless ``net`` is a :class:`Network`."""
+    if not isinstance(net, Network):
+        raise TypeError(f"Expected a Network (from fnn.mlp or fnn.serial) as net, got {type(net).__name__}: "
+                        f"{net!r:.80}.")
+
+
 def check_params(net: Network, params: Params) -> None:
     """Raise ValueError naming the layer, expected and actual shapes when ``params`` do not fit ``net``."""
-    if not isinstance(net, Network):
-        raise TypeError(f"Expected a Network (from fnn.mlp) as net, got {type(net).__name__}: {net!r:.80}.")
+    check_params_type(net)
     if not isinstance(params, (list, tuple)):
-        raise TypeError(f"params must be a list of {net.num_layers} layer dicts, got {type(params).__name__}.")
+        raise TypeError(f"params must be a list of {net.num_layers} layer dicts (one entry per layer), "
+                        f"got {type(params).__name__}.")
     if len(params) != net.num_layers:
-        raise ValueError(
-            f"params have {len(params)} layer(s) but the network {list(net.sizes)} has {net.num_layers}."
-        )
+        what = list(net.sizes) if "sizes" in net.describe() else f"with input shape {net.input_shape}"
+        raise ValueError(f"params have {len(params)} layer(s) but the network {what} has {net.num_layers}.")
     for l, (layer, expected) in enumerate(zip(params, net.param_shapes(), strict=True)):
-        if not isinstance(layer, dict):
-            raise TypeError(
-                f"Layer {l}: params must be a dict with keys {sorted(expected)}, got {type(layer).__name__}."
-            )
-        if "b" in layer and layer["b"] is None:
-            raise ValueError(
-                f'Layer {l}: params have "b": None; a layer without bias has no "b" key (omit it, as '
-                f"fnn.mlp(..., bias=False) does), and a layer with bias needs a bias array of shape "
-                f"{expected.get('b', '(n_out,)')}."
-            )
-        got_keys = sorted(layer)
-        if got_keys != sorted(expected):
-            raise ValueError(f"Layer {l}: expected params with keys {sorted(expected)}, got keys {got_keys}.")
-        for name, shape in expected.items():
-            actual = tuple(jnp.shape(layer[name]))
-            if actual != shape:
-                raise ValueError(f"Layer {l}: expected {name} of shape {shape}, got {actual}.")
-            dtype = getattr(layer[name], "dtype", None)
-            dtype = np.asarray(layer[name]).dtype if dtype is None else dtype
-            if not jnp.issubdtype(dtype, jnp.floating):  # complex is inexact, but not a real float
-                raise TypeError(f"Layer {l}: expected {name} of a floating dtype (float16, bfloat16, float32 or "
-                                f"float64), got params[{l}][{name!r}] of dtype {dtype}{_dtype_hint(dtype)}.")
+        check_layer_params(str(l), layer, expected)
+
+
+def param_dtype(net: Network, params: Params):
+    """The dtype inputs are cast to: that of the first parameter leaf (the net's dtype for a net without any)."""
+    leaves = jax.tree_util.tree_leaves(params)
+    return leaves[0].dtype if leaves else jnp.dtype(net.dtype)
 
 
 def check_input(net: Network, params: Params, x: ArrayLike) -> tuple[Array, bool]:
-    """Validate params and input; return ``x`` as ``(batch, n_in)`` in the params' dtype and whether it was 1-D."""
+    """Validate params and input; return ``x`` as ``(batch, *input_shape)`` in the params' dtype and whether it
+    was one example without the batch axis."""
     check_params(net, params)
     x = numeric_array("x", x)
-    if x.ndim not in (1, 2):
-        raise ValueError(
-            f"Input must have shape ({net.sizes[0]},) or (batch, {net.sizes[0]}), got shape {x.shape} (rank {x.ndim})."
-        )
-    if x.shape[-1] != net.sizes[0]:
-        raise ValueError(
-            f"Layer 0: expected {net.sizes[0]} input features, got {x.shape[-1]} (input shape {x.shape})."
-        )
-    single = x.ndim == 1
-    x = x[None, :] if single else x
-    dtype = params[0]["w"].dtype
+    shape = net.input_shape
+    if x.ndim not in (len(shape), len(shape) + 1):
+        raise ValueError(f"Input must have shape {shape} or (batch, {', '.join(map(str, shape))}), got shape "
+                         f"{x.shape} (rank {x.ndim}).")
+    if tuple(x.shape[x.ndim - len(shape):]) != shape:
+        if len(shape) == 1:
+            raise ValueError(f"Layer 0: expected {shape[0]} input features, got {x.shape[-1]} (input shape {x.shape}).")
+        raise ValueError(f"Layer 0: expected examples of shape {shape} (NHWC for images), got input shape {x.shape}.")
+    single = x.ndim == len(shape)
+    x = x[None] if single else x
+    dtype = param_dtype(net, params)
     if isinstance(x, np.ndarray) and not jnp.issubdtype(x.dtype, jnp.inexact):
         x = x.astype(dtype)  # integers on the host, at full width: jnp.asarray would wrap int64 to int32 first
     return jnp.asarray(x).astype(dtype), single
 
 
-def _dtype_hint(dtype) -> str:
-    if jnp.issubdtype(dtype, jnp.complexfloating):
-        return "; fnn's networks are real-valued and JAX would drop the imaginary part (pass .real explicitly)"
-    if not (jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_)):
-        return ("; it holds no numbers (an object or string column, e.g. from pandas, must be encoded as numbers "
-                "first: df.to_numpy(dtype='float32'))")
-    return ""
+def forward(net: Network, params: Params, x: Array, ctx: _layer.Context | None = None):
+    """The forward pass on a batch ``(batch, *input_shape)`` keeping every layer: returns ``(zs, outputs)``.
 
-
-def numeric_array(name: str, value):
-    """``value`` as an array of real numbers, without narrowing it: a JAX array (or tracer) as it is, anything
-    else as a NumPy array at full width (``jnp.asarray`` turns int64 into int32 when JAX runs without x64,
-    wrapping 2**31 to -2**31, so integers are checked and cast on the host first).
-
-    Raises:
-      TypeError: naming ``name`` and the dtype, for arrays of objects or strings (a stray pandas column, which
-        JAX would refuse with "Error interpreting argument") and for complex numbers (whose imaginary part a
-        cast to the params' dtype would drop with only a warning).
+    ``outputs[l]`` is layer ``l``'s output and ``zs[l]`` its pre-activation (Dense, Activation; None for other
+    layers). Inference mode unless ``ctx`` says otherwise. No validation: callers check with :func:`check_input`.
     """
-    if not isinstance(value, jax.Array):  # tracers are jax.Arrays too: their dtype is checked, never converted
-        try:
-            value = np.asarray(value)
-        except (TypeError, ValueError) as e:  # ragged nested lists
-            raise TypeError(f"{name} must be an array of numbers, got a {type(value).__name__} NumPy cannot turn "
-                            f"into one ({e}).") from None
-    dtype = value.dtype
-    real = jnp.issubdtype(dtype, jnp.bool_) or jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)
-    if not real:
-        raise TypeError(f"{name} must be an array of real numbers, got dtype {dtype}{_dtype_hint(dtype)}.")
-    return value
-
-
-def forward(net: Network, params: Params, x: Array) -> tuple[list[Array], list[Array]]:
-    """The forward pass on a batch ``(batch, n_in)`` keeping every layer: returns ``(zs, activations)``.
-
-    ``zs[l]`` and ``activations[l]`` are the pre-activation and activation of layer ``l`` (``(batch, n_l)``).
-    No validation: callers check with :func:`check_input`.
-    """
-    zs, outs = [], []
-    a = x
-    for layer, act in zip(params, net.activations, strict=True):
-        z = a @ layer["w"]
-        if "b" in layer:
-            z = z + layer["b"][None, :]  # explicit: (batch, n) + (1, n), no implicit rank promotion
-        a = act.forward(z)
-        zs.append(z)
-        outs.append(a)
-    return zs, outs
+    _, records = _layer.forward(net.layers, params, x, _layer.Context() if ctx is None else ctx)
+    return [aux.get("z") for _, _, aux in records], [y for _, y, _ in records]

@@ -15,7 +15,14 @@ from fnn._types import ArrayLike, Params, PRNGKey
 from fnn.backprop import backprop, objective
 from fnn.network import Network, check_params
 
-__all__ = ["TaylorResult", "taylor_test", "finite_difference_grads", "central_differences", "central_and_one_sided"]
+__all__ = ["TaylorResult", "taylor_test", "finite_difference_grads", "central_differences", "central_and_one_sided",
+           "fixed_objective"]
+
+
+def fixed_objective(net: Network, loss, dropout_key: PRNGKey | None, train: bool | None, penalty):
+    """``(params, x, y) -> loss``: :func:`fnn.objective` in a fixed mode (the same dropout masks every call)."""
+    f = objective(net, loss, penalty=penalty)
+    return lambda params, x, y: f(params, x, y, key=dropout_key, train=train)
 
 
 class TaylorResult(NamedTuple):
@@ -67,6 +74,9 @@ def taylor_test(
     grads: Params | None = None,
     key: PRNGKey | None = None,
     hs: tuple[float, ...] = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3),
+    dropout_key: PRNGKey | None = None,
+    train: bool | None = None,
+    penalty=None,
 ) -> TaylorResult:
     """The eps-free gradient test: ``r(h) = |L(θ+hv) - L(θ) - h<g,v>|`` must shrink like ``h²``.
 
@@ -78,6 +88,9 @@ def taylor_test(
       :class:`TaylorResult` with the log-log slope ``order`` fitted on the three smallest steps whose remainder is
       above rounding noise; ``ok`` when it is at least 1.8, or when
       every remainder is at rounding level (the loss is linear along ``v``).
+
+    ``dropout_key``, ``train`` and ``penalty`` choose the loss exactly as ``key``, ``train`` and ``penalty`` do
+    for :func:`fnn.backprop` (the same dropout masks at every step).
     """
     key = jax.random.key(1) if key is None else key
     loss = _losses.get(loss)
@@ -85,9 +98,9 @@ def taylor_test(
     hs = tuple(hs)
     if len(hs) < 2 or not all(isinstance(h, (int, float, np.floating)) and 0 < h < math.inf for h in hs):
         raise ValueError(f"hs must hold at least two positive step sizes (to fit an order), got {hs!r}.")
-    f = objective(net, loss)
+    f = fixed_objective(net, loss, dropout_key, train, penalty)
     if grads is None:
-        _, grads = backprop(net, params, x, y, loss)
+        _, grads = backprop(net, params, x, y, loss, key=dropout_key, train=train, penalty=penalty)
     else:
         try:
             check_params(net, grads)
@@ -116,7 +129,8 @@ def taylor_test(
 
 
 def finite_difference_grads(
-    net: Network, params: Params, x: ArrayLike, y: ArrayLike, loss, *, eps: float | None = None
+    net: Network, params: Params, x: ArrayLike, y: ArrayLike, loss, *, eps: float | None = None,
+    dropout_key: PRNGKey | None = None, train: bool | None = None, penalty=None,
 ) -> Params:
     """Central finite differences of the loss for every parameter, in the params' own dtype.
 
@@ -128,6 +142,7 @@ def finite_difference_grads(
 
     Args:
       net, params, x, y, loss: as for :func:`fnn.backprop`.
+      dropout_key, train, penalty: :func:`fnn.backprop`'s ``key``, ``train`` and ``penalty`` (fixed masks).
       eps: the step; default ``finfo(dtype).eps ** (1/3)`` of the params' dtype (about 6e-6 in float64,
         5e-3 in float32), the step that balances rounding (``~eps_dtype / eps``) against truncation (``~eps²``).
 
@@ -153,6 +168,6 @@ def finite_difference_grads(
         eps = float(jnp.finfo(flat.dtype).eps) ** (1 / 3)
     if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) or not (0 < eps < math.inf):
         raise ValueError(f"eps must be a positive finite finite-difference step, got {eps!r}.")
-    f = objective(net, loss)
+    f = fixed_objective(net, loss, dropout_key, train, penalty)
     fd = central_differences(lambda t: f(unravel(t), x, y), flat, np.arange(flat.shape[0]), eps)
     return unravel(jnp.asarray(fd, flat.dtype))

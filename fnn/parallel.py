@@ -37,7 +37,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from fnn import _epoch, losses
+from fnn import _epoch, losses, penalties
 from fnn._types import Array, PyTree
 
 __all__ = [
@@ -223,7 +223,7 @@ _REPLICATED = PartitionSpec()
 _SPLIT = PartitionSpec(DATA_AXIS)
 
 
-def make_update(net, loss, grads: str = "manual", optimizer=None) -> Callable:
+def make_update(net, loss, grads: str = "manual", optimizer=None, *, penalty=None) -> Callable:
     """The update a data-parallel step or epoch runs: the single-device update with its loss and grads
     ``lax.pmean``-ed over ``"data"``.
 
@@ -232,15 +232,17 @@ def make_update(net, loss, grads: str = "manual", optimizer=None) -> Callable:
       loss: a loss name or record.
       grads: ``"manual"`` or ``"autodiff"``.
       optimizer: None (plain SGD, the learning rate passed at each call) or an optax transformation.
+      penalty: an :mod:`fnn.penalties` record added to the loss and grads.
 
     Returns:
-      ``update(params, opt_state, x, y, lr) -> (params, opt_state, loss, grads)``, to run inside ``shard_map``
+      ``update(params, opt_state, x, y, lr, key=None) -> (params, opt_state, loss, grads)``, to run inside ``shard_map``
       over a mesh from :func:`make_mesh` (as :func:`make_step` and :func:`make_epoch` do).
     """
-    return _epoch.make_update(net, losses.get(loss), grads, optimizer, axis_name=DATA_AXIS)
+    return _epoch.make_update(net, losses.get(loss), grads, optimizer, axis_name=DATA_AXIS,
+                              penalty=penalties.get(penalty))
 
 
-def make_step(update: Callable, mesh: Mesh, *, lr, stateful: bool) -> Callable:
+def make_step(update: Callable, mesh: Mesh, *, lr, stateful: bool, keyed: bool = False) -> Callable:
     """A data-parallel training step from an update that ``pmean``-s its grads over ``"data"``.
 
     Args:
@@ -248,36 +250,39 @@ def make_step(update: Callable, mesh: Mesh, *, lr, stateful: bool) -> Callable:
       mesh: from :func:`make_mesh`.
       lr: the learning rate passed to ``update`` (None with an optax optimizer).
       stateful: True with an optimizer state.
+      keyed: the step takes a last argument ``key`` (training mode: dropout; every device draws the masks of
+        its own rows of the global batch, so the step equals the one-device step with that key).
 
     Returns:
-      ``step(params, x, y) -> (params, loss)`` or, when ``stateful``, ``step(params, opt_state, x, y) ->
-      (params, opt_state, loss)``. Inputs are placed on the mesh (batch split, the rest replicated); outputs
-      are replicated. With several processes ``x`` and ``y`` are this process's part of the batch.
+      ``step(params, x, y[, key]) -> (params, loss)`` or, when ``stateful``, ``step(params, opt_state, x, y[,
+      key]) -> (params, opt_state, loss)``. Inputs are placed on the mesh (batch split, the rest replicated);
+      outputs are replicated. With several processes ``x`` and ``y`` are this process's part of the batch.
     """
 
-    def local(params, opt_state, x, y):
-        new_params, new_state, value, _ = update(params, opt_state, x, y, lr)
+    def local(params, opt_state, x, y, *key):
+        new_params, new_state, value, _ = update(params, opt_state, x, y, lr, *key)
         return new_params, new_state, value
 
-    compiled = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(_REPLICATED, _REPLICATED, _SPLIT, _SPLIT),
-                                     out_specs=_REPLICATED))
+    specs = (_REPLICATED, _REPLICATED, _SPLIT, _SPLIT) + ((_REPLICATED,) if keyed else ())
+    compiled = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=_REPLICATED))
 
-    def run(params, opt_state, x, y):
+    def run(params, opt_state, x, y, *key):
         _check_batch(mesh, x, y)
         return compiled(replicate(mesh, params), replicate(mesh, opt_state), shard_batch(mesh, x),
-                        shard_batch(mesh, y))
+                        shard_batch(mesh, y), *replicate(mesh, key))
 
     if stateful:
         return run
 
-    def step(params, x, y):
-        new_params, _, value = run(params, (), x, y)
+    def step(params, x, y, *key):
+        new_params, _, value = run(params, (), x, y, *key)
         return new_params, value
 
     return step
 
 
-def make_epoch(update: Callable, mesh: Mesh, n: int, batch_size: int, *, strict: bool, unroll: int) -> Callable:
+def make_epoch(update: Callable, mesh: Mesh, n: int, batch_size: int, *, strict: bool, unroll: int,
+               keyed: bool = False) -> Callable:
     """``epoch(params, opt_state, x, y, key, lr) -> (params, opt_state, step_losses, layer_ok)``, data parallel.
 
     The single-device epoch of :mod:`fnn._epoch` (same permutation from ``key``, last partial batch dropped,
@@ -296,7 +301,7 @@ def make_epoch(update: Callable, mesh: Mesh, n: int, batch_size: int, *, strict:
         return jax.lax.dynamic_index_in_dim(idx, jax.lax.axis_index(DATA_AXIS), axis=1, keepdims=False)
 
     local_epoch = _epoch.make_epoch(update, n, batch_size, strict=strict, unroll=unroll, rows=mine,
-                                    local_batch=per_device)
+                                    local_batch=per_device, keyed=keyed)
     compiled = jax.jit(jax.shard_map(local_epoch, mesh=mesh, in_specs=_REPLICATED, out_specs=_REPLICATED))
 
     def epoch(params, opt_state, x, y, key, lr):

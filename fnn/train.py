@@ -26,7 +26,7 @@ import jax
 import numpy as np
 import optax
 
-from fnn import _epoch, divergence, parallel
+from fnn import _epoch, divergence, parallel, penalties
 from fnn import losses as _losses
 from fnn._checkpointer import CHECKPOINT_NAME, Checkpointer
 from fnn._checks import check_data, check_fit_args, check_grads_mode, check_memory, positive_number
@@ -37,7 +37,7 @@ from fnn._types import ArrayLike, Params, PRNGKey
 from fnn.divergence import DivergenceWarning
 from fnn.ensemble import fit_ensemble
 from fnn.evaluation import evaluate, evaluate_checked
-from fnn.network import Network, check_params, numeric_array
+from fnn.network import Network, check_params, check_params_type, numeric_array
 from fnn.optim import OPTIMIZERS, make_optimizer, named_learning_rate, resolve_optimizer
 
 __all__ = [
@@ -78,6 +78,7 @@ def sgd_step(
     grads: str = "manual",
     optimizer: str | optax.GradientTransformation | None = None,
     devices: int | Sequence[jax.Device] | None = None,
+    penalty=None,
 ) -> Callable:
     """A jitted training step.
 
@@ -90,6 +91,8 @@ def sgd_step(
 
         step(params, opt_state, x, y) -> (params, opt_state, loss)
 
+    For a net with dropout the step takes a last argument ``key`` (the step's dropout masks; required).
+
     Args:
       net: the network.
       loss: loss name or record.
@@ -101,6 +104,7 @@ def sgd_step(
       devices: data parallelism (:mod:`fnn.parallel`): a device count or a sequence of ``jax.Device``; each
         batch is split across them (its size must be divisible by their number, else ``ValueError``) and the
         grads are averaged with ``lax.pmean``. With several processes each passes its part of the batch.
+      penalty: an :mod:`fnn.penalties` record (e.g. ``fnn.penalties.l2(1e-4)``) added to the loss and grads.
 
     Returns:
       The jitted step; ``loss`` is the loss of the batch *before* the update. With a sparse loss, the step
@@ -112,33 +116,38 @@ def sgd_step(
     optimizer, lr = resolve_optimizer(optimizer, learning_rate)
     grads = check_grads_mode(grads)
     stateful = optimizer is not None
+    check_params_type(net)
+    keyed = net.stochastic
+    penalty = penalties.get(penalty)
     if devices is not None:  # data parallel over a device mesh
         mesh = parallel.make_mesh(devices)
-        step = parallel.make_step(parallel.make_update(net, loss, grads, optimizer), mesh, lr=lr, stateful=stateful)
+        update = parallel.make_update(net, loss, grads, optimizer, penalty=penalty)
+        step = parallel.make_step(update, mesh, lr=lr, stateful=stateful, keyed=keyed)
     else:
-        step = _jitted_step(_epoch.make_update(net, loss, grads, optimizer), lr, stateful=stateful)
-    return _with_input_checks(step, loss, net.sizes[-1], y_index=3 if stateful else 2)
+        step = _jitted_step(_epoch.make_update(net, loss, grads, optimizer, penalty=penalty), lr, stateful=stateful)
+    return _with_input_checks(step, loss, net.output_shape[-1], y_index=3 if stateful else 2, keyed=keyed)
 
 
 def _jitted_step(update, lr, *, stateful: bool) -> Callable:
     if not stateful:
 
         @jax.jit
-        def step(params, x, y):
-            params, _, value, _ = update(params, (), x, y, lr)
+        def step(params, x, y, *key):
+            params, _, value, _ = update(params, (), x, y, lr, *key)
             return params, value
 
     else:
 
         @jax.jit
-        def step(params, opt_state, x, y):
-            params, opt_state, value, _ = update(params, opt_state, x, y, None)
+        def step(params, opt_state, x, y, *key):
+            params, opt_state, value, _ = update(params, opt_state, x, y, None, *key)
             return params, opt_state, value
 
     return step
 
 
-def _with_input_checks(step: Callable, loss: _losses.Loss, n_out: int, *, y_index: int) -> Callable:
+def _with_input_checks(step: Callable, loss: _losses.Loss, n_out: int, *, y_index: int,
+                       keyed: bool = False) -> Callable:
     """``step`` that first checks concrete ``x`` and ``y`` on the host, before ``jax.jit`` converts them: arrays of
     objects, strings or complex numbers are a ``TypeError`` naming the argument (JAX would say "Error
     interpreting argument", or drop the imaginary part), and sparse labels must lie in ``[0, n_out)`` (inside
@@ -148,6 +157,11 @@ def _with_input_checks(step: Callable, loss: _losses.Loss, n_out: int, *, y_inde
 
     @functools.wraps(step)
     def checked(*args):
+        if len(args) != y_index + 1 + keyed:
+            names = ["params", "opt_state", "x", "y"][: y_index + 1] if y_index == 3 else ["params", "x", "y"]
+            names += ["key"] if keyed else []
+            extra = " (the net has dropout: pass the step's PRNG key last)" if keyed else ""
+            raise TypeError(f"step takes {len(names)} arguments ({', '.join(names)}){extra}, got {len(args)}.")
         if len(args) > y_index:
             args = list(args)
             args[y_index - 1] = numeric_array("x", args[y_index - 1])
@@ -183,6 +197,7 @@ def fit(
     unroll: int = 1,
     callback: Callable[[int, dict], None] | None = None,
     devices: int | Sequence[jax.Device] | None = None,
+    penalty=None,
 ) -> tuple[Params, dict]:
     """Train with mini-batch SGD (or an optax optimizer), one compiled ``lax.scan`` per epoch.
 
@@ -216,7 +231,13 @@ def fit(
       devices: data parallelism (:mod:`fnn.parallel`): a device count or a sequence of ``jax.Device``; every
         batch is split across them (``batch_size`` must be divisible by their number, else ``ValueError``),
         grads are averaged with ``lax.pmean`` and the params come back replicated on them. Same batches and,
-        up to float rounding, the same result as one device.
+        up to float rounding, the same result as one device (dropout included: masks are drawn per row of the
+        global batch).
+      penalty: an :mod:`fnn.penalties` record added to every step's loss and grads (``fnn.penalties.l2(lam)``
+        is ``(lam/2)·Σw²`` over the weights; Nielsen's ``λ/2n`` is ``l2(λ / n)``).
+
+    Dropout: step ``s`` of epoch ``e`` draws its masks from ``fnn._epoch.step_keys(fold_in(key, e), steps)[s]``,
+    a stream of its own, so the shuffle order does not depend on the dropout; evaluation runs without dropout.
 
     Returns:
       ``(params, history)``; ``history`` is a dict of per-epoch lists: ``epoch``, ``train_loss``,
@@ -243,14 +264,14 @@ def fit(
     eval_batch_size = positive_number("eval_batch_size", eval_batch_size, integer=True)
     mesh = parallel.make_mesh(devices) if devices is not None else None
     prog = program(net, loss_rec, grads, optimizer, learning_rate, x.shape[0], batch_size, strict=strict,
-                   unroll=unroll, mesh=mesh)
+                   unroll=unroll, mesh=mesh, penalty=penalty)
     check_memory(params, prog.optimizer, strict=strict)  # before the first copy of the params is allocated
     epoch_fn = prog.epoch if mesh is not None else jax.jit(prog.epoch)
     if mesh is not None:  # the same batches, split across the devices
         x, y = parallel.replicate(mesh, (x, y))
     opt_state = prog.init_state(params)
     ckpt = Checkpointer(checkpoint_dir, net, _config(loss_rec, batch_size, grads, strict, optimizer, learning_rate,
-                                                     prog), with_opt_state=prog.optimizer is not None)
+                                                     prog, penalty), with_opt_state=prog.optimizer is not None)
     history, start = new_history(with_test=test is not None), 0
     if resume and (restored := ckpt.restore(opt_state)) is not None:
         params, opt_state, start, saved_history, key = restored
@@ -263,7 +284,7 @@ def fit(
             new_params, new_state, step_losses, layer_ok = epoch_fn(params, opt_state, x, y, epoch_key, prog.lr)
             step_losses = np.asarray(step_losses)
             if not (np.isfinite(step_losses).all() and bool(_epoch.all_finite(new_params))):
-                replay_args = (prog.update, prog.lr, params, opt_state, x, y, epoch_key, batch_size)
+                replay_args = (prog.update, prog.lr, params, opt_state, x, y, epoch_key, batch_size, net.stochastic)
                 strict_run = layer_ok is not None
                 where = divergence.locate(step_losses, layer_ok) if strict_run else divergence.replay(*replay_args)
                 at_start = e == start and where[0] == 0 and divergence.broken_at_start(*replay_args)
@@ -293,13 +314,22 @@ def fit(
     return params, history
 
 
-def _config(loss: _losses.Loss, batch_size, grads, strict, optimizer, learning_rate, prog: Program) -> dict:
+def _config(loss: _losses.Loss, batch_size, grads, strict, optimizer, learning_rate, prog: Program,
+            penalty=None) -> dict:
     """The training configuration a resume must match. A named optimizer bakes its learning rate into the
     transformation (``prog.lr`` is None), so both are recorded; an optax object is recorded by kind only
-    (its hyper-parameters are not inspectable)."""
-    return {"loss": loss.name, "batch_size": batch_size, "grads": grads, "strict": strict,
-            "optimizer": optimizer if optimizer is None or isinstance(optimizer, str) else "optax",
-            "lr": named_learning_rate(optimizer, learning_rate) if isinstance(optimizer, str) else prog.lr}
+    (its hyper-parameters are not inspectable). A penalty is recorded only when there is one (so checkpoints
+    written before penalties existed still match a run without one)."""
+    config = {"loss": loss.name, "batch_size": batch_size, "grads": grads, "strict": strict,
+              "optimizer": optimizer if optimizer is None or isinstance(optimizer, str) else "optax",
+              "lr": named_learning_rate(optimizer, learning_rate) if isinstance(optimizer, str) else prog.lr}
+    penalty = penalties.get(penalty)
+    if penalty is not None:
+        try:
+            config["penalty"] = penalty.describe()
+        except ValueError:  # built with a mask: recorded by kind and strength
+            config["penalty"] = {"name": penalty.name, "lam": penalty.lam, "leaves": "mask"}
+    return config
 
 
 def _diverged(history: dict, epoch: int, step: int, layer, *, strict: bool, at_start: bool, key,

@@ -269,7 +269,7 @@ def test_error_params_from_another_network():
         net.apply(random_params(fnn.mlp([3, 4, 4, 2]), np.random.default_rng(0)), x)
     with pytest.raises(ValueError, match=r"Layer 0: expected params with keys \['b', 'w'\], got keys \['w'\]"):
         net.apply(random_params(fnn.mlp([3, 4, 2], bias=False), np.random.default_rng(0)), x)
-    with pytest.raises(TypeError, match="params must be a list of 2 layer dicts, got dict"):
+    with pytest.raises(TypeError, match="params must be a list of 2 layer dicts \\(one entry per layer\\), got dict"):
         net.apply({"w": jnp.ones((3, 2))}, x)
     with pytest.raises(TypeError, match="Layer 1: params must be a dict"):
         net.apply([random_params(net, np.random.default_rng(0))[0], jnp.ones((4, 2))], x)

@@ -1,0 +1,130 @@
+"""The layer protocol: a bound layer record, the mode context, and the generic forward and backward loops.
+
+A layer spec (``fnn.layers.Dense(30)``, ...) is bound to its input shape by :func:`fnn.serial`, giving a
+:class:`Layer`: one record holding ``init``, ``forward`` and a hand-written ``backward`` side by side, and its
+output shape. Shapes are per example (no batch axis); arrays flowing through ``forward``/``backward`` carry a
+leading batch axis. The backward pass of a network is :func:`backward`, the generic reverse loop over the
+records; adding a layer never touches it.
+
+Protocol (every function is pure and traceable)::
+
+    init(key, dtype) -> params                       # a dict of arrays ({} without params), a list for blocks
+    forward(params, x, ctx) -> (y, aux)              # aux: a dict of what backward needs ("z", "keep", ...)
+    backward(params, x, y, aux, g, ctx, at_z) -> (grads, dx, values)
+        # g = dL/dy (the upstream gradient); with at_z=True (only for the output layer of a fused
+        # output/loss pair) g is already dL/dz of the layer's activation. grads has the structure of params,
+        # dx = dL/dx, values = the layer's entries of the trace ("z", "delta" = dL/dz, "mask", "layers").
+    per_example(params, trace, n) -> per-example grads (leading batch axis), or None: no per-example form
+
+Layers are counted from 0; a nested layer's key is ``fold_in(parent key, index)``, so every dropout layer at
+path ``3.1`` has its own stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+
+from fnn._types import Array, PRNGKey
+
+__all__ = ["Context", "Layer", "LayerTrace", "forward", "backward", "layer_context"]
+
+
+class Context(NamedTuple):
+    """The mode a forward/backward pass runs in.
+
+    Attributes:
+      train: training mode (dropout active; batch statistics for normalisation layers).
+      key: the PRNG key of this layer (None in inference mode, or when no layer needs one).
+      axis_name: inside ``shard_map``, the mesh axis the batch is split over (None on one device).
+      rows: the global index of each example of the batch within its mini-batch, ``(batch,)`` int32; dropout
+        masks are drawn per row from ``fold_in(key, row)`` so a sharded batch gets the masks of the whole one.
+        None means ``arange(batch)``.
+    """
+
+    train: bool = False
+    key: PRNGKey | None = None
+    axis_name: str | None = None
+    rows: Array | None = None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: a net is an lru_cache key of fit's programs
+class Layer:
+    """A layer bound to its input shape (what :func:`fnn.serial` holds, one per layer).
+
+    Attributes:
+      kind: the constructor's name ("Dense", "Dropout", "Residual", "Activation").
+      config: the constructor's JSON-able arguments (``fnn.layers.from_description`` rebuilds the spec).
+      input_shape / output_shape: per-example shapes.
+      activation: the layer's activation record (Dense, Activation) or None; the output layer's activation is
+        the one fused with a cross-entropy loss.
+      param_shapes: the shape of every leaf, in the layout of the layer's params.
+      init, forward, backward, per_example: the protocol functions (module docstring).
+      stochastic: needs a key in training mode (dropout).
+      children: the bound inner layers of a block (Residual), else ().
+    """
+
+    kind: str
+    config: dict
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    activation: Any
+    param_shapes: Any
+    init: Callable
+    forward: Callable
+    backward: Callable
+    per_example: Callable | None = None
+    stochastic: bool = False
+    children: tuple = ()
+
+    def __repr__(self) -> str:
+        if self.children:
+            return f"{self.kind}({', '.join(repr(child) for child in self.children)})"
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
+        return f"{self.kind}({args})"
+
+
+class LayerTrace(NamedTuple):
+    """What the backward pass saw at one layer: its input, its output, ``grad = dL/d(output)`` and ``values``,
+    the layer's own entries (Dense/Activation: ``"z"`` and ``"delta" = dL/dz``; Dropout: ``"mask"``, the kept
+    positions as booleans; Residual: ``"layers"``, the inner layers' traces)."""
+
+    input: Array
+    output: Array
+    grad: Array
+    values: dict
+
+
+def layer_context(ctx: Context, index: int) -> Context:
+    """The context of the layer at ``index`` within a parent whose context is ``ctx`` (its own key stream)."""
+    if ctx.key is None:
+        return ctx
+    return ctx._replace(key=jax.random.fold_in(ctx.key, index))
+
+
+def forward(layers, params, x: Array, ctx: Context):
+    """Run ``layers`` in order; return ``(y, records)`` with ``records[l] = (input, output, aux)``."""
+    records = []
+    for l, (layer, p) in enumerate(zip(layers, params, strict=True)):
+        y, aux = layer.forward(p, x, layer_context(ctx, l))
+        records.append((x, y, aux))
+        x = y
+    return x, records
+
+
+def backward(layers, params, records, g: Array, ctx: Context, *, at_z: bool = False):
+    """The generic reverse loop: ``g = dL/d(output)`` of the last layer (or its dL/dz with ``at_z``) down to the
+    input. Returns ``(grads, dx, traces)``: grads in the structure of params, ``dx = dL/dx``, one
+    :class:`LayerTrace` per layer."""
+    n = len(layers)
+    grads: list = [None] * n
+    traces: list = [None] * n
+    for l in reversed(range(n)):
+        x, y, aux = records[l]
+        grads[l], dx, values = layers[l].backward(params[l], x, y, aux, g, layer_context(ctx, l), at_z)
+        traces[l] = LayerTrace(x, y, g, values)
+        g, at_z = dx, False
+    return grads, g, traces
