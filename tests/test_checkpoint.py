@@ -397,3 +397,137 @@ def test_broken_links_are_errors_naming_the_path_and_a_link_to_a_file_loads(tmp_
     link = tmp_path / "link.safetensors"
     link.symlink_to(saved)
     assert checkpoint.load(link).metadata == checkpoint.load(saved).metadata
+
+
+# --- serial networks (format version 2), layer state, version-1 files --------------------------------------
+
+
+def serial_net(dtype=None):
+    from fnn import layers as L
+    from fnn.network import serial
+
+    return serial(L.Dense(8, activation="relu"), L.Dropout(0.2),
+                  L.Residual(L.Dense(8, activation="tanh"), L.Dense(8)), L.Activation("elu"), L.Dense(3),
+                  input_shape=(5,), dtype=dtype)
+
+
+def random_tree(shapes, rng, dtype):
+    """Normal noise in the layout of ``net.param_shapes()`` (nested lists for blocks)."""
+    if isinstance(shapes, list):
+        return [random_tree(s, rng, dtype) for s in shapes]
+    return {name: jnp.asarray(rng.standard_normal(shape).astype(dtype)) for name, shape in shapes.items()}
+
+
+@pytest.mark.parametrize("pass_net", [False, True])
+def test_serial_net_round_trips_nested_params(tmp_path, pass_net):
+    net = serial_net()
+    params = random_tree(net.param_shapes(), np.random.default_rng(1), np.float32)
+    path = checkpoint.save(tmp_path / "s.safetensors", params, net=net)
+    with safe_open(path, framework="numpy") as f:
+        keys, info = set(f.keys()), json.loads(f.metadata()["fnn"])
+    assert keys == {"params/0/w", "params/0/b", "params/2/0/w", "params/2/0/b", "params/2/1/w", "params/2/1/b",
+                    "params/4/w", "params/4/b"}
+    assert info["version"] == 2 and info["net"] == net.describe() and "layers" in info["net"]
+    assert info["params"][1] == {} and isinstance(info["params"][2], list)
+    ckpt = checkpoint.load(path, net if pass_net else None)
+    assert (ckpt.net is net) == pass_net
+    assert ckpt.net.describe() == net.describe()
+    assert trees_same_bits(ckpt.params, params)
+    assert ckpt.params[1] == {} and isinstance(ckpt.params[2], list)
+    assert ckpt.state is None
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((4, 5)), jnp.float32)
+    key = jax.random.key(0)
+    assert same_bits(ckpt.net.apply(ckpt.params, x, key=key), net.apply(params, x, key=key))
+
+
+def test_serial_mismatch_names_the_nested_path(tmp_path):
+    from fnn import layers as L
+    from fnn.network import serial
+
+    net = serial_net()
+    path = checkpoint.save(tmp_path / "s.safetensors", random_tree(net.param_shapes(), np.random.default_rng(0),
+                                                                    np.float32), net=net)
+    other = serial(L.Dense(8, activation="relu"), L.Dropout(0.3),
+                   L.Residual(L.Dense(8, activation="relu"), L.Dense(8, bias=False)), L.Activation("elu"), L.Dense(3),
+                   input_shape=(5,))
+    with pytest.raises(ValueError) as info:
+        checkpoint.load(path, other)
+    message = str(info.value)
+    assert "layer 1 rate: checkpoint has 0.2, network has 0.3" in message
+    assert "layer 2.0 activation: checkpoint has 'tanh', network has 'relu'" in message
+    assert "layer 2.1 bias: checkpoint has True, network has False" in message
+    assert "layer 2.1 b: checkpoint (8,), network none" in message
+    assert "layers" not in message.replace("layer(s)", "")  # no dump of the whole layer list
+    with pytest.raises(ValueError) as info:
+        checkpoint.load(path, mlp([5, 8, 3]))
+    message = str(info.value)
+    assert "network: checkpoint has 5 layer(s), network has 2" in message
+    assert "layer 1: checkpoint Dropout(rate=0.2), network Dense(units=3" in message
+    assert "layer 2.0 w: checkpoint (8, 8), network none" in message
+
+
+def test_state_round_trips_beside_params(tmp_path):
+    net = serial_net()
+    params = random_tree(net.param_shapes(), np.random.default_rng(0), np.float32)
+    rng = np.random.default_rng(3)
+    state = [{"mean": rng.standard_normal(8).astype(np.float32), "var": rng.random(8).astype(np.float32)}, {},
+             [{"count": np.array(7, np.int32)}, {}], {}, {}]
+    path = checkpoint.save(tmp_path / "st.safetensors", params, net=net, state=state)
+    with safe_open(path, framework="numpy") as f:
+        keys = set(f.keys())
+    assert {"state/0/mean", "state/0/var", "state/2/0/count"} <= keys
+    ckpt = checkpoint.load(path)
+    assert trees_same_bits(ckpt.state, state) and trees_same_bits(ckpt.params, params)
+    assert all(isinstance(leaf, jax.Array) for leaf in jax.tree_util.tree_leaves(ckpt.state))
+    with pytest.raises(ValueError, match=r"state must be a list with one entry per layer \(5; .*got 2 entries"):
+        checkpoint.save(tmp_path / "bad.safetensors", params, net=net, state=[{}, {}])
+    with pytest.raises(TypeError, match=r"state\[0\] has a key 'a/b'"):
+        checkpoint.save(tmp_path / "bad.safetensors", params, net=net, state=[{"a/b": np.zeros(2)}, {}, [{}, {}], {},
+                                                                               {}])
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
+def write_version_1(path, net, params, *, opt_state=None, metadata=None, arrays=None):
+    """A checkpoint in the layout fnn wrote before format version 2 (by hand, not with ``save``): ``fnn.mlp``'s
+    description, ``params`` as a list of ``{name: {"dtype", "shape"}}``, no ``"state"`` entry."""
+    from fnn import _checkpoint_format as fmt
+
+    tensors, params_info = {}, []
+    for l, layer in enumerate(params):
+        params_info.append({})
+        for name, leaf in layer.items():
+            tensors[f"params/{l}/{name}"] = np.asarray(leaf)
+            params_info[l][name] = {"dtype": np.asarray(leaf).dtype.name, "shape": list(np.shape(leaf))}
+    opt_info = None
+    if opt_state is not None:
+        leaves, treedef = jax.tree_util.tree_flatten(opt_state)
+        for i, leaf in enumerate(leaves):
+            tensors[f"opt_state/{i}"] = np.asarray(leaf)
+        opt_info = {"num_leaves": len(leaves), "treedef": str(treedef),
+                    "leaves": [{"dtype": np.asarray(v).dtype.name, "shape": list(np.shape(v))} for v in leaves]}
+    arrays_info = {}
+    for name, value in (arrays or {}).items():
+        tensors[f"arrays/{name}"] = np.asarray(value)
+        arrays_info[name] = {"dtype": np.asarray(value).dtype.name, "shape": list(np.shape(value))}
+    desc = net.describe()
+    assert "sizes" in desc
+    blob = json.dumps({"format": "fnn.checkpoint", "version": 1, "net": desc, "params": params_info,
+                       "opt_state": opt_info, "arrays": arrays_info, "metadata": metadata or {}})
+    path.write_bytes(safetensors.numpy.save(tensors, metadata={"fnn": blob, "fnn_sha256": fmt.digest(blob, tensors)}))
+    return path
+
+
+@pytest.mark.parametrize("pass_net", [False, True])
+def test_version_1_files_still_load(tmp_path, net, pass_net):
+    params = random_params(net)
+    opt = optax.adam(1e-2)
+    state = opt.init(params)
+    path = write_version_1(tmp_path / "v1.safetensors", net, params, opt_state=state, metadata={"epoch": 2},
+                           arrays={"history": np.arange(3.0)})
+    ckpt = checkpoint.load(path, net if pass_net else None, opt_state_like=state)
+    assert ckpt.net.describe() == net.describe()
+    assert trees_same_bits(ckpt.params, params) and trees_same_bits(ckpt.opt_state, state)
+    assert ckpt.metadata == {"epoch": 2} and same_bits(ckpt.arrays["history"], np.arange(3.0))
+    assert ckpt.state is None
+    with pytest.raises(ValueError, match="layer 1 w: checkpoint"):
+        checkpoint.load(path, mlp([6, 4, 3]))
