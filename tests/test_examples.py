@@ -46,7 +46,8 @@ def last_number(pattern: str, text: str) -> float:
 
 
 def test_every_example_is_tested():
-    tested = {"seed_iris.py", "nielsen_mnist.py", "fashion_mnist.py", "per_example_grads.py", "ensemble.py"}
+    tested = {"seed_iris.py", "nielsen_mnist.py", "nielsen_network2.py", "fashion_mnist.py", "per_example_grads.py",
+              "ensemble.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} <= tested
 
 
@@ -97,6 +98,15 @@ def test_examples_cite_public_sources_not_seed_documents():
         assert not re.search(r"seed note|seed notebook|\bnotebook 00\d|\bnotes 00\d|the notebook's", text), path.name
     nielsen = (EXAMPLES / "nielsen_mnist.py").read_text()
     assert "Michael Nielsen's network (Neural Networks and Deep Learning, chapter 1" in nielsen
+
+
+@needs_fashion
+def test_nielsen_network2_trains_with_and_without_the_penalty():
+    out = run_example("nielsen_network2.py", "--epochs", "1", "--limit", "2000")
+    assert "2000 training and 10000 test images; η = 0.5, batch 10" in out
+    plain = last_number(r"no penalty: test accuracy ([\d.]+)", out)
+    l2 = last_number(r"L2 λ = 5.0: test accuracy ([\d.]+)", out)
+    assert plain > 0.3 and l2 > 0.3 and plain != l2  # both learn; the penalty changes the result
 
 
 @needs_fashion

@@ -224,7 +224,63 @@ worst = max(r for r, p in zip(table["max_rel"], table["pair"], strict=True) if p
 print(f"{len(table['layer'])} tidy rows; worst manual~autodiff relative error {worst:.1e}")
 
 # %% [markdown]
-# ## 5. The picture
+# ## 5. Dropout and a residual block, by hand
+#
+# `fnn.serial` composes layers, each with its forward and hand-written backward side by side. Take
+# `x → Dense(3, tanh) → Dropout(0.5) → Residual(Dense(3, tanh)) → Dense(2)` with the quadratic cost. With the
+# dropout mask $m$ (kept units, scaled by $1/(1-p)$) and the block $r = u + \tanh(u\,w_r + b_r)$:
+#
+# $$h = \tanh(x w_0 + b_0),\quad u = h \odot m/(1-p),\quad r = u + \tanh(u w_r + b_r),\quad
+# \hat y = r w_3 + b_3 .$$
+#
+# Backward, with $g$ the upstream gradient of each layer's output: the output layer gives $g_r = \delta_3 w_3^\top$;
+# the residual block passes $g_r$ **straight through the skip** and adds the inner layer's input gradient,
+# $g_u = g_r + (g_r \odot \tanh'(\cdot))\, w_r^\top$; dropout multiplies by the same mask,
+# $g_h = g_u \odot m/(1-p)$; and the first layer is a Dense layer as before. The mask is drawn from the key
+# (training mode) and is in the trace, so the NumPy pass below uses exactly fnn's mask.
+
+# %%
+from fnn import layers as L
+
+block_net = fnn.serial(L.Dense(3, activation="tanh"), L.Dropout(0.5), L.Residual(L.Dense(3, activation="tanh")),
+                       L.Dense(2), input_shape=(4,))
+bparams = block_net.init(jax.random.key(3))
+xb = np.array([[0.5, -1.0, 2.0, 0.1], [1.5, 0.3, -0.7, 0.9]])
+yb = np.array([[0.2, -0.4], [1.0, 0.5]])
+dkey = jax.random.key(11)
+_, bgrads, btrace = fnn.backprop(block_net, bparams, xb, yb, "quadratic", key=dkey, return_trace=True)
+mask = np.asarray(btrace.mask[1])  # kept units of layer 1 (the dropout layer), True = kept
+print("dropout mask (kept units):\n", mask.astype(int))
+
+# The same pass in NumPy, row vectors, batch N = 2 (the quadratic cost is a batch mean: delta_3 carries 1/N).
+P = jax.tree_util.tree_map(np.asarray, bparams)
+keep = mask / (1 - 0.5)
+h = np.tanh(xb @ P[0]["w"] + P[0]["b"])
+u = h * keep
+inner = np.tanh(u @ P[2][0]["w"] + P[2][0]["b"])
+r = u + inner
+out = r @ P[3]["w"] + P[3]["b"]
+delta3 = (out - yb) / len(xb)
+g_r = delta3 @ P[3]["w"].T
+delta_inner = g_r * (1 - inner**2)
+g_u = g_r + delta_inner @ P[2][0]["w"].T          # the skip passes g_r through unchanged
+g_h = g_u * keep                                  # dropout: the same mask, the same scale
+delta0 = g_h * (1 - h**2)
+by_hand = [{"w": xb.T @ delta0, "b": delta0.sum(0)}, {}, [{"w": u.T @ delta_inner, "b": delta_inner.sum(0)}],
+           {"w": r.T @ delta3, "b": delta3.sum(0)}]
+_, auto_grads = fnn.autodiff(block_net, bparams, xb, yb, "quadratic", key=dkey)  # jax.grad, same key, same mask
+for name, mine, ref in zip(["0.w", "0.b", "2.0.w", "2.0.b", "3.w", "3.b"], jax.tree_util.tree_leaves(by_hand),
+                           jax.tree_util.tree_leaves(bgrads), strict=True):
+    np.testing.assert_allclose(mine, ref, rtol=1e-12, atol=1e-15, err_msg=name)
+for mine, ref in zip(jax.tree_util.tree_leaves(bgrads), jax.tree_util.tree_leaves(auto_grads), strict=True):
+    np.testing.assert_allclose(mine, ref, rtol=1e-10, atol=1e-15)
+np.testing.assert_allclose(btrace.at("2.0").values["delta"], delta_inner, rtol=1e-12)
+print("NumPy by hand = fnn.backprop = jax.grad (same dropout key) for every leaf, incl. the residual block's 2.0.w")
+print("inference mode (no key) is dropout-free:",
+      np.allclose(block_net.apply(bparams, xb), (np.tanh(h @ P[2][0]["w"] + P[2][0]["b"]) + h) @ P[3]["w"] + P[3]["b"]))
+
+# %% [markdown]
+# ## 6. The picture
 #
 # Left: the textbook-shaped gradients of the 4-2-3 network (values written in; the switched-off hidden unit's row
 # is zero). Right: the three-way gradient check of the deeper network — log10 of the largest relative error per
