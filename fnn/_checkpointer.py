@@ -102,7 +102,8 @@ class Checkpointer:
       directory: the run folder, or None for no checkpoints.
       net: the network (its description is stored, and checked on restore).
       config: the training configuration that must match on resume (loss, batch size, grads mode, strict,
-        optimizer and learning rate); a difference is a ``ValueError`` listing every differing entry.
+        optimizer and learning rate, and the penalty when there is one); a difference, or an entry only one
+        side has, is a ``ValueError`` listing every differing entry (a missing one shown as None).
       with_opt_state: the run has an optimizer state to save.
     """
 
@@ -137,7 +138,10 @@ class Checkpointer:
         template = opt_state_like if self.with_opt_state else None
         ckpt = checkpoint.load(self.path, self.net, opt_state_like=template)
         epoch, history, saved = check_run_metadata(self.path, ckpt.metadata)
-        differ = {k: (saved.get(k), v) for k, v in self.config.items() if saved.get(k) != v}
+        # Over the keys of both: an entry only one side has (a "penalty", recorded only when there is one) is
+        # a difference too; a checkpoint written before penalties existed has none, like a run without one.
+        keys = [*self.config, *(k for k in saved if k not in self.config)]
+        differ = {k: (saved.get(k), self.config.get(k)) for k in keys if saved.get(k) != self.config.get(k)}
         if differ:
             detail = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in differ.items())
             raise ValueError(f"Cannot resume from {self.path}: the training configuration differs ({detail}).")

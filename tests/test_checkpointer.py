@@ -120,3 +120,59 @@ def test_a_dangling_checkpoint_link_is_an_error_not_a_fresh_start(tmp_path):
     with pytest.raises(FileNotFoundError, match="dangling symbolic link"):
         _fit(tmp_path, epochs=1, resume=True)
     assert link.is_symlink() and not link.exists()  # left as it was
+
+
+# --- a serial net with dropout and a penalty -------------------------------------------------------------
+
+SERIAL = fnn.serial(fnn.layers.Dense(8, activation="relu"), fnn.layers.Dropout(0.25),
+                    fnn.layers.Residual(fnn.layers.Dense(8, activation="tanh"), fnn.layers.Dense(8)),
+                    fnn.layers.Dense(3, activation="softmax"), input_shape=(4,))  # one net: fit's compile cache hits
+
+
+L2 = fnn.penalties.l2(1e-2)
+
+
+def _fit_serial(folder, *, epochs, resume=False, penalty=L2, callback=None):
+    return fnn.fit(SERIAL, SERIAL.init(jax.random.key(0)), _data(), loss="sparse_categorical_cross_entropy",
+                   epochs=epochs, batch_size=6, optimizer="momentum", key=jax.random.key(1), progress=False,
+                   checkpoint_dir=folder, resume=resume, penalty=penalty, callback=callback)
+
+
+def _same_bits(a, b) -> bool:
+    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    return jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b) and all(
+        np.asarray(x).tobytes() == np.asarray(y).tobytes() for x, y in zip(la, lb, strict=True))
+
+
+def test_a_dropout_net_with_a_penalty_resumes_bit_identically(tmp_path):
+    whole, whole_history = _fit_serial(tmp_path / "whole", epochs=4)
+    _fit_serial(tmp_path / "split", epochs=2)
+    ckpt = fnn.load(tmp_path / "split" / CHECKPOINT_NAME)
+    assert ckpt.net.describe() == SERIAL.describe() and isinstance(ckpt.params[2], list)
+    assert ckpt.metadata["config"]["penalty"] == {"name": "l2", "lam": 1e-2, "leaves": ["w"]}
+    ran = []
+    resumed, history = _fit_serial(tmp_path / "split", epochs=4, resume=True, callback=lambda e, h: ran.append(e))
+    assert ran == [3, 4]  # continued from the checkpoint, not trained again from the initial params
+    assert _same_bits(resumed, whole) and history["train_loss"] == whole_history["train_loss"]
+
+
+@pytest.mark.parametrize("saved, now", [(L2, None), (None, L2), (L2, fnn.penalties.l1(1e-2))])
+def test_resume_with_another_penalty_is_refused(tmp_path, saved, now):
+    _fit_serial(tmp_path, epochs=1, penalty=saved)
+    with pytest.raises(ValueError, match=r"training configuration differs \(penalty: checkpoint "):
+        _fit_serial(tmp_path, epochs=2, resume=True, penalty=now)
+
+
+def test_a_checkpoint_without_a_penalty_entry_resumes_a_run_without_one(run_folder, tmp_path):
+    """Checkpoints written before penalties existed (format version 1, no "penalty" in config) still resume."""
+    from test_checkpoint import write_version_1
+
+    template = optax.adam(1e-3).init(NET.init(jax.random.key(0)))
+    ckpt = fnn.load(run_folder / CHECKPOINT_NAME, NET, opt_state_like=template)
+    assert "penalty" not in ckpt.metadata["config"]
+    write_version_1(tmp_path / CHECKPOINT_NAME, NET, ckpt.params, opt_state=ckpt.opt_state, metadata=ckpt.metadata,
+                    arrays=ckpt.arrays)
+    resumed, history = _fit(tmp_path, epochs=4, resume=True)
+    whole, whole_history = _fit(tmp_path / "whole", epochs=4)
+    assert _same_bits(resumed, whole) and history["train_loss"] == whole_history["train_loss"]
+    assert fnn.load(tmp_path / CHECKPOINT_NAME).metadata["epoch"] == 4
