@@ -94,6 +94,8 @@ def run_config(config: Config, *, seed: int = 0, gemm_size: int = 2048, log=prin
         FnnRow("fnn fit, manual", config, init, xd, yd, seed=seed, grads="manual"),
         FnnRow("fnn fit, autodiff", config, init, xd, yd, seed=seed, grads="autodiff"),
         FnnRow("fnn fit, optax sgd", config, init, xd, yd, seed=seed, optax_sgd=True),
+        FnnRow("fnn fit, serial", config, init, xd, yd, seed=seed, net="serial"),
+        FnnRow("fnn fit, serial + dropout", config, init, xd, yd, seed=seed, net="dropout"),
         numpy_row,
         peers.JaxScratchRow("JAX from scratch", config, init, x, y, orders),
     ]

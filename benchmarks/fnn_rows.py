@@ -72,17 +72,20 @@ class compile_times:
 
 
 class FnnRow(Row):
-    """``fnn.fit`` with ``grads`` (``"manual"`` or ``"autodiff"``) or ``optimizer=optax.sgd(lr)``, one epoch a round."""
+    """``fnn.fit`` with ``grads`` (``"manual"`` or ``"autodiff"``) or ``optimizer=optax.sgd(lr)``, one epoch a round,
+    on the net :func:`~benchmarks.workload.make_net` builds for ``net`` (``"mlp"``, ``"serial"``, ``"dropout"``)."""
 
-    def __init__(self, name, config, init, x, y, *, seed, grads="manual", optax_sgd=False):
+    def __init__(self, name, config, init, x, y, *, seed, grads="manual", optax_sgd=False, net="mlp"):
         import jax.numpy as jnp
         import optax
 
         import fnn
 
         self.name, self._fnn, self._c, self._seed = name, fnn, config, seed
-        self._net = make_net(config)  # one object for every round: fit's program cache is keyed on it
-        self._p = [{"w": jnp.asarray(w), "b": jnp.asarray(b)} for w, b in init]
+        self._net = make_net(config, net)  # one object for every round: fit's program cache is keyed on it
+        self._dense = [l for l, layer in enumerate(self._net.layers) if layer.kind == "Dense"]
+        dense = iter([{"w": jnp.asarray(w), "b": jnp.asarray(b)} for w, b in init])
+        self._p = [next(dense) if l in self._dense else {} for l in range(self._net.num_layers)]
         self._x, self._y = x, y
         self._kwargs = {"grads": grads, "optimizer": None, "learning_rate": config.learning_rate}
         if optax_sgd:
@@ -113,4 +116,4 @@ class FnnRow(Row):
         return self.epoch_times[-1]
 
     def params(self):
-        return [(np.asarray(layer["w"]), np.asarray(layer["b"])) for layer in self._p]
+        return [(np.asarray(self._p[l]["w"]), np.asarray(self._p[l]["b"])) for l in self._dense]

@@ -90,11 +90,26 @@ def synthetic_mnist(n: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def make_net(config: Config):
-    """The configuration's ``fnn.mlp`` (sigmoid or ReLU hidden layers, softmax output)."""
-    import fnn
+#: The dropout rate of the benchmark's dropout rows (after every hidden layer).
+DROPOUT = 0.1
 
-    return fnn.mlp(list(config.sizes), hidden=config.hidden, output="softmax")
+
+def make_net(config: Config, kind: str = "mlp"):
+    """The configuration's network (sigmoid or ReLU hidden layers, softmax output): ``"mlp"`` is ``fnn.mlp``;
+    ``"serial"`` the same network written as ``fnn.serial`` of ``Dense`` layers (the same params layout);
+    ``"dropout"`` that serial with ``Dropout(DROPOUT)`` after every hidden layer (the same params too)."""
+    import fnn
+    from fnn import layers as L
+
+    if kind == "mlp":
+        return fnn.mlp(list(config.sizes), hidden=config.hidden, output="softmax")
+    layers = []
+    for width in config.sizes[1:-1]:
+        layers.append(L.Dense(width, activation=config.hidden))
+        if kind == "dropout":
+            layers.append(L.Dropout(DROPOUT))
+    layers.append(L.Dense(config.sizes[-1], activation="softmax"))
+    return fnn.serial(*layers, input_shape=(config.sizes[0],))
 
 
 def initial_params(config: Config, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -76,7 +76,7 @@ def _numpy_rounds(config, init, x, y, orders, rounds):
 
 
 @pytest.mark.parametrize(("kind", "hidden"), [("manual", "sigmoid"), ("manual", "relu"), ("autodiff", "relu"),
-                                            ("optax", "sigmoid")])
+                                            ("optax", "sigmoid"), ("serial", "relu")])
 def test_fnn_rows_and_the_numpy_peer_take_the_same_steps(hidden, kind):
     """Two rounds of a fnn row (two fnn.fit calls, the second continuing the first) equal two NumPy epochs
     over the replayed order: the peer is an independent implementation, so both are right."""
@@ -85,7 +85,8 @@ def test_fnn_rows_and_the_numpy_peer_take_the_same_steps(hidden, kind):
     init = workload.initial_params(config, seed=2)
     orders = workload.epoch_orders(config, 2, seed=7)
     row = fnn_rows.FnnRow("fnn", config, init, jnp.asarray(x), jnp.asarray(y), seed=7,
-                          grads="autodiff" if kind == "autodiff" else "manual", optax_sgd=kind == "optax")
+                          grads="autodiff" if kind == "autodiff" else "manual", optax_sgd=kind == "optax",
+                          net="serial" if kind == "serial" else "mlp")
     times = [row.epoch(0), row.epoch(1)]
     assert all(t > 0 for t in times) and np.isfinite(row.train_loss)
     want = _numpy_rounds(config, init, x, y, orders, 2)
@@ -174,21 +175,26 @@ def test_quick_benchmark_runs_every_row_and_the_rows_agree(tmp_path):
     for res in report_["results"]:
         rows = res["rows"]
         names = list(rows)
-        for expected in ("fnn fit, manual", "fnn fit, autodiff", "fnn fit, optax sgd", "JAX from scratch",
-                         "PyTorch eager"):
+        for expected in ("fnn fit, manual", "fnn fit, autodiff", "fnn fit, optax sgd", "fnn fit, serial",
+                         "fnn fit, serial + dropout", "JAX from scratch", "PyTorch eager"):
             assert expected in names
         assert sum(n.startswith("NumPy backprop (") for n in names) == 2  # in process, and the subprocess
         ran = {n: r for n, r in rows.items() if "error" not in r}
         assert {"fnn fit, manual", "fnn fit, autodiff", "fnn fit, optax sgd", "JAX from scratch"} <= set(ran)
         assert any(n.startswith("NumPy backprop (") and rows[n]["in_process"] for n in ran)
-        losses = np.array([r["final_loss"] for r in ran.values()])
+        losses = np.array([r["final_loss"] for n, r in ran.items() if "dropout" not in n])
         assert np.all(np.isfinite(losses))
         np.testing.assert_allclose(losses, losses[0], rtol=1e-4)  # every row trained the same thing
+        # mlp and the same net written with fnn.serial are one program: bit-identical training
+        assert rows["fnn fit, serial"]["final_loss"] == rows["fnn fit, manual"]["final_loss"]
+        dropout = rows["fnn fit, serial + dropout"]
+        assert np.isfinite(dropout["final_loss"]) and dropout["final_loss"] != rows["fnn fit, manual"]["final_loss"]
+        assert "paired_vs_mlp" not in rows["fnn fit, manual"] or rows["fnn fit, manual"]["paired_vs_mlp"] == 1.0
         for r in ran.values():
             assert r["samples_per_s"] > 0 and r["peak"] > 0
             for key in ("epoch_s", "roofline", "rss_epoch2", "rss_last", "loss_epoch1", "times", "note"):
                 assert key in r
-        for n in ("fnn fit, manual", "fnn fit, autodiff", "fnn fit, optax sgd"):
+        for n in ("fnn fit, manual", "fnn fit, autodiff", "fnn fit, optax sgd", "fnn fit, serial + dropout"):
             assert 0 < rows[n]["compile_s"] <= rows[n]["first_call_compile_s"]
         for r in rows.values():
             if "error" in r:
