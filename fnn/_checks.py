@@ -40,14 +40,15 @@ def check_grads_mode(grads: str) -> str:
 
 def prepare_data(net: Network, params, loss: _losses.Loss, x, y, what: str):
     """``(x, y)`` as JAX arrays checked against the network and the loss: arrays of real numbers (``TypeError``
-    for objects, strings or complex numbers), 2-D ``x``, matching example counts, targets of the loss's kind
+    for objects, strings or complex numbers), ``x`` of shape ``(n, *input_shape)``, matching example counts,
+    targets of the loss's kind
     (sparse labels range-checked on the host before any narrowing cast), and finite values (a NaN in the data
     would otherwise look like a diverging run).
     ``what`` prefixes every message (``"train:"``, ``"test:"``, ``"evaluate:"``)."""
     x = numeric_array(f"{what} x", x)  # NumPy at full width (or a JAX array): int64 labels are not wrapped yet
     y = numeric_array(f"{what} y", y)
-    if x.ndim != 2:
-        raise ValueError(f"{what} x must have shape (n, {net.sizes[0]}), got shape {x.shape}.")
+    if x.ndim != 1 + len(net.input_shape):
+        raise ValueError(f"{what} x must have shape (n, {', '.join(map(str, net.input_shape))}), got shape {x.shape}.")
     if y.ndim == 0 or y.shape[0] != x.shape[0]:
         raise ValueError(
             f"{what} x and y must have the same number of examples: x has {x.shape[0]}, y has shape {y.shape}."
@@ -55,7 +56,7 @@ def prepare_data(net: Network, params, loss: _losses.Loss, x, y, what: str):
     if x.shape[0] == 0:
         raise ValueError(f"{what} needs at least one example, got x of shape {x.shape}.")
     x2, _ = check_input(net, params, x)
-    y2 = _losses.check_targets(loss, y, net.sizes[-1], x2.shape[0], None if loss.sparse else x2.dtype)
+    y2 = _losses.check_targets(loss, y, net.output_shape[-1], x2.shape[0], None if loss.sparse else x2.dtype)
     for name, arr in (("x", x2), ("y", y2)):
         if jnp.issubdtype(arr.dtype, jnp.inexact) and not bool(jnp.all(jnp.isfinite(arr))):
             bad = np.argwhere(~np.isfinite(np.asarray(arr, np.float32)))

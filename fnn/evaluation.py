@@ -19,7 +19,7 @@ __all__ = ["evaluate", "evaluate_checked", "is_classification", "totals", "metri
 
 def is_classification(net: Network, loss: _losses.Loss) -> bool:
     """True when accuracy means something: several outputs, or a cross-entropy loss on one output."""
-    return net.sizes[-1] > 1 or "cross_entropy" in loss.name
+    return net.output_shape[-1] > 1 or "cross_entropy" in loss.name
 
 
 def _chunk_metrics(net: Network, loss: _losses.Loss, params, x, y):
@@ -27,7 +27,7 @@ def _chunk_metrics(net: Network, loss: _losses.Loss, params, x, y):
     zs, outs = forward(net, params, x)
     out = outs[-1]
     total = loss_value(net, loss, zs[-1], out, y) * x.shape[0]
-    if net.sizes[-1] > 1:
+    if net.output_shape[-1] > 1:
         pred = jnp.argmax(out, axis=-1)
         true = y if loss.sparse else jnp.argmax(y, axis=-1)
     else:
