@@ -52,9 +52,8 @@ def _layers(tree: Any, what: str) -> list:
 
 
 def _leaves(group: Any, what: str, layer: int) -> list[np.ndarray]:
+    """The arrays of one layer's group (none for a layer without params: dropout, an activation layer)."""
     leaves = [np.asarray(t) for t in jax.tree_util.tree_leaves(group)]
-    if not leaves:
-        raise ValueError(f"{what}: layer {layer} has no arrays.")
     for t in leaves:
         if not np.issubdtype(t.dtype, np.floating):
             raise TypeError(f"{what}: layer {layer} holds a {t.dtype} array; gradients must be floating point.")
@@ -83,15 +82,19 @@ def _stacked(per_example: Any, per: str = "layer", what: str = "per_example") ->
                     f"expected leading axis {batch}."
                 )
             cols.append(t.reshape(t.shape[0], -1).astype(np.float64))
-        mats.append(np.concatenate(cols, axis=1))
+        mats.append(cols)
+    if batch is None:
+        raise ValueError(f"{what} holds no arrays.")
     if batch == 0:
         raise ValueError(f"{what} has a batch of 0 examples.")
+    # A layer without params is a (N, 0) matrix: norm 0, SNR NaN, and the layers keep their indices.
+    mats = [np.concatenate(cols, axis=1) if cols else np.zeros((batch, 0)) for cols in mats]
     return [np.concatenate(mats, axis=1)] if per == "total" else mats
 
 
 def _flat(tree: Any, per: str, what: str) -> list[np.ndarray]:
     per = _check_per(per)
-    vecs = [np.concatenate([t.astype(np.float64).ravel() for t in _leaves(g, what, l)])
+    vecs = [np.concatenate([t.astype(np.float64).ravel() for t in _leaves(g, what, l)] or [np.zeros(0)])
             for l, g in enumerate(_layers(tree, what))]
     return [np.concatenate(vecs)] if per == "total" else vecs
 

@@ -246,3 +246,22 @@ def test_validation_errors():
         stats.delta_spread([np.ones((2, 3)), np.ones((3, 3))])
     with pytest.raises(TypeError, match="GradcheckReport"):
         stats.gradcheck_table("report")
+
+
+def test_statistics_of_a_serial_net_keep_layers_without_params_in_place():
+    """Dropout and activation layers have no params: their per-example gradients are {} and the per-layer
+    statistics keep one entry for them (norm 0, SNR NaN), so entry l is still layer l."""
+    from fnn import layers as L
+
+    net = fnn.serial(L.Dense(5, activation="tanh"), L.Dropout(0.3), L.Residual(L.Dense(5, activation="tanh")),
+                     L.Dense(3), input_shape=(4,))
+    params = net.init(jax.random.key(0))
+    x, y = jax.random.normal(jax.random.key(1), (9, 4)), jnp.arange(9) % 3
+    per_example = fnn.per_example_grads(net, params, x, y, "sparse_softmax_cross_entropy", key=jax.random.key(2))
+    st = stats.gradient_stats(per_example)
+    assert st["norms"].shape == (9, 4) and np.all(st["norms"][:, 1] == 0) and np.all(st["norms"][:, [0, 2, 3]] > 0)
+    assert np.isnan(st["snr"][1]) and np.all(np.isfinite(st["snr"][[0, 2, 3]]))
+    total = stats.example_norms(per_example, per="total")
+    np.testing.assert_allclose(total, np.sqrt((st["norms"] ** 2).sum(axis=1)), rtol=1e-6)
+    with pytest.raises(ValueError, match="holds no arrays"):
+        stats.example_norms([{}, {}])
