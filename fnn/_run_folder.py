@@ -52,7 +52,9 @@ LOCK_NAME = "train.lock"
 # --- config.json ------------------------------------------------------------------------------------------
 
 #: ``fnn train`` defaults: 64-128-10 relu/softmax, plain SGD at its default rate, batch 32, 30 epochs,
-#: standardized inputs. ``lr`` None: the optimizer's default (``fnn.optim.DEFAULT_LEARNING_RATES``).
+#: standardized inputs, no dropout, no penalty. ``lr`` None: the optimizer's default
+#: (``fnn.optim.DEFAULT_LEARNING_RATES``). A config.json from before ``dropout``/``l2``/``l1`` existed reads them
+#: as 0, which is how it trained.
 TRAIN_DEFAULTS = {
     "dataset": "digits",
     "data_dir": None,
@@ -68,6 +70,9 @@ TRAIN_DEFAULTS = {
     "seed": 0,
     "standardize": True,
     "strict": False,
+    "dropout": 0.0,  # 0: fnn.mlp; > 0: an fnn.serial with Dropout(rate) after every hidden Dense layer
+    "l2": 0.0,  # 0: no penalty; else fnn.penalties.l2(lam), (lam/2)·Σw² over the weights
+    "l1": 0.0,  # 0: no penalty; else fnn.penalties.l1(lam), lam·Σ|w| over the weights
 }
 #: Options that ``--resume`` may change; every other setting comes from the run's config.json.
 RESUME_MAY_CHANGE = ("epochs", "data_dir")
@@ -84,6 +89,9 @@ def check_config(config: dict, where: str | None = None) -> dict:
     """
     def is_int(v) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_real(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
     expected = {
         "dataset": ("a string", isinstance(config["dataset"], str)),
@@ -103,6 +111,10 @@ def check_config(config: dict, where: str | None = None) -> dict:
         "seed": ("an integer of at most 63 bits", is_int(config["seed"]) and abs(config["seed"]) < 2**63),
         "standardize": ("true or false", isinstance(config["standardize"], bool)),
         "strict": ("true or false", isinstance(config["strict"], bool)),
+        "dropout": ("a rate in [0, 1) (the fraction of hidden units dropped; 0: no dropout)",
+                    is_real(config["dropout"]) and 0 <= config["dropout"] < 1),
+        "l2": ("a finite number >= 0 (0: no L2 penalty)", is_real(config["l2"]) and config["l2"] >= 0),
+        "l1": ("a finite number >= 0 (0: no L1 penalty)", is_real(config["l1"]) and config["l1"] >= 0),
     }
     for key, (kind, ok) in expected.items():
         if not ok:

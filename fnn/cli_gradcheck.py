@@ -1,13 +1,15 @@
 """``fnn gradcheck``: the three-way gradient check (manual vs ``jax.grad`` vs finite differences) from the shell.
 
 One architecture (``--sizes 4,8,3 --activation tanh ...``) prints fnn's :class:`~fnn.gradcheck.GradcheckReport`
-table; ``--all`` checks every activation x loss pair and prints one line per pair. Exit code 0 when every
+table; ``--all`` checks every activation x loss pair and prints one line per pair. ``--dropout RATE`` checks
+the net with ``Dropout(RATE)`` after every hidden layer, in training mode with fixed masks. Exit code 0 when every
 gradient agrees, 1 when one does not (the exit codes are listed in :mod:`fnn.cli`).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import jax
@@ -16,7 +18,7 @@ import jax.numpy as jnp
 import fnn
 from fnn._cli import EXIT_FAILED, EXIT_OK, UsageError, error, positive, user_input, widths
 
-__all__ = ["GRADCHECK_EPS", "add_parser", "make_problem", "run"]
+__all__ = ["GRADCHECK_EPS", "add_parser", "dropout_mode", "make_net", "make_problem", "run"]
 
 #: Finite-difference step of ``fnn gradcheck``. Central differences in float64 have truncation error
 #: O(eps²) and rounding error ≈ ε_mach·|L|/eps; 1e-5 (near ε_mach^(1/3)) keeps the rounding error ~1e-11, so
@@ -43,6 +45,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     check.add_argument("--seed", type=int, default=0, help="PRNG seed for params and data (default 0)")
     check.add_argument("--eps", type=positive(float), default=GRADCHECK_EPS,
                        help=f"finite-difference step, taken in float64 (default {GRADCHECK_EPS:g})")
+    check.add_argument("--dropout", type=float, default=0.0, metavar="RATE",
+                       help="put Dropout(RATE) after every hidden layer (RATE in [0, 1)) and check the net in training "
+                            "mode with fixed dropout masks (a dropout key from --seed, the same in every leg); "
+                            "default 0, none")
     check.add_argument("--all", action="store_true",
                        help="check every activation x loss pair (hidden = the activation; output = the activation "
                             "for mse/quadratic, else the loss's natural output) and print one line per pair; "
@@ -65,6 +71,24 @@ def make_problem(net: fnn.Network, loss: fnn.losses.Loss, batch: int, key: jax.A
     return net.init(k_params), x, y
 
 
+def make_net(sizes: list[int], hidden: str, output: str, dropout: float, dtype) -> fnn.Network:
+    """``fnn.mlp(sizes, ...)``, or with ``dropout > 0`` an ``fnn.serial`` of the same Dense layers with
+    ``Dropout(dropout)`` after every hidden one."""
+    if not dropout:
+        return fnn.mlp(sizes, hidden=hidden, output=output, dtype=dtype)
+    L = fnn.layers
+    layers = [layer for n in sizes[1:-1] for layer in (L.Dense(n, activation=hidden), L.Dropout(dropout))]
+    return fnn.serial(*layers, L.Dense(sizes[-1], activation=output), input_shape=(sizes[0],), dtype=dtype)
+
+
+def dropout_mode(args: argparse.Namespace, key: jax.Array) -> dict:
+    """gradcheck's mode arguments: with ``--dropout``, training mode with a fixed dropout key (every leg, the
+    finite differences included, sees the same masks); else inference mode, as without dropout."""
+    if not args.dropout:
+        return {}
+    return {"dropout_key": jax.random.fold_in(key, 1), "train": True}
+
+
 def _max_error(report: fnn.GradcheckReport, pair: str) -> float:
     return max(report.errors(pair).values(), default=0.0)
 
@@ -77,6 +101,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--seed must be an integer of at most 63 bits, got {args.seed}.")
     if args.all and args.output:
         raise UsageError("--output cannot be combined with --all (each pair uses its loss's natural output).")
+    if not (math.isfinite(args.dropout) and 0 <= args.dropout < 1):
+        raise UsageError(f"--dropout must be a rate in [0, 1) (the fraction of hidden units dropped), "
+                         f"got {args.dropout!r}.")
+    if args.dropout and len(args.sizes) < 3:
+        raise UsageError(f"--dropout needs a hidden layer to follow (--sizes with at least 3 widths, e.g. 4,8,3); "
+                         f"got {args.sizes}.")
     with jax.enable_x64(args.dtype == "float64"):
         dtype = jnp.dtype(args.dtype)
         key = jax.random.key(args.seed)
@@ -85,11 +115,12 @@ def run(args: argparse.Namespace) -> int:
             hidden = user_input("--activation", fnn.activations.get, args.activation or "tanh").name
             output = user_input("--output", fnn.activations.get,
                                 args.output or fnn.losses.natural_output(loss) or hidden).name
-            net = fnn.mlp(args.sizes, hidden=hidden, output=output, dtype=dtype)
+            net = make_net(args.sizes, hidden, output, args.dropout, dtype)
             params, x, y = make_problem(net, loss, args.batch, key, dtype)
-            print(f"network: {list(net.sizes)} {hidden} -> {output}, loss {loss.name}, batch {args.batch}, "
+            mode = f", dropout {args.dropout:g} (training mode, fixed masks)" if args.dropout else ""
+            print(f"network: {args.sizes} {hidden} -> {output}{mode}, loss {loss.name}, batch {args.batch}, "
                   f"finite-difference step {args.eps:g}")
-            report = fnn.gradcheck(net, params, x, y, loss, eps=args.eps, key=key)
+            report = fnn.gradcheck(net, params, x, y, loss, eps=args.eps, key=key, **dropout_mode(args, key))
             print(report, flush=True)
             if not report.ok:
                 error("gradcheck", "the gradients disagree (the table above marks the failing leaves).")
@@ -99,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
         activations = ([user_input("--activation", fnn.activations.get, args.activation).name] if args.activation
                        else fnn.activations.names())
         losses = [user_input("--loss", fnn.losses.get, args.loss).name] if args.loss else fnn.losses.names()
-        print(f"gradcheck --all: sizes {args.sizes}, {args.dtype}, batch {args.batch}, finite-difference step "
+        mode = f", dropout {args.dropout:g} (training mode, fixed masks)" if args.dropout else ""
+        print(f"gradcheck --all: sizes {args.sizes}{mode}, {args.dtype}, batch {args.batch}, finite-difference step "
               f"{args.eps:g}; max relative error over all leaves")
         head = f"{'activation':<12} {'loss':<34} {'output':<12} {'manual~autodiff':>15} {'manual~fd':>10}  ok"
         print(head)
@@ -110,9 +142,10 @@ def run(args: argparse.Namespace) -> int:
             for loss_name in losses:
                 loss = fnn.losses.get(loss_name)
                 output = fnn.losses.natural_output(loss) or name
-                net = fnn.mlp(args.sizes, hidden=name, output=output, dtype=dtype)
+                net = make_net(args.sizes, name, output, args.dropout, dtype)
                 params, x, y = make_problem(net, loss, args.batch, key, dtype)
-                report = fnn.gradcheck(net, params, x, y, loss, eps=args.eps, key=key, taylor=False)
+                report = fnn.gradcheck(net, params, x, y, loss, eps=args.eps, key=key, taylor=False,
+                                       **dropout_mode(args, key))
                 failed += not report.ok
                 print(f"{name:<12} {loss_name:<34} {output:<12} {_max_error(report, 'manual~autodiff'):>15.2e} "
                       f"{_max_error(report, 'manual~fd'):>10.2e}  {'ok' if report.ok else 'FAIL'}", flush=True)

@@ -10,6 +10,11 @@ backprop and plain SGD, and writes a run folder (``runs/<dataset>-<timestamp>`` 
     curves.png                loss and accuracy per epoch (needs matplotlib: pip install 'fnn[plot]')
     train.lock                while a run uses the folder: its pid and host (see fnn._run_folder)
 
+``--dropout RATE`` puts ``fnn.layers.Dropout(RATE)`` after every hidden layer (the net is then an
+``fnn.serial``; without it, the same ``fnn.mlp`` as ever) and ``--l2 LAM`` / ``--l1 LAM`` add
+``fnn.penalties.l2(LAM)`` ((LAM/2)·Σw² over the weights) / ``l1(LAM)``; all three are recorded in config.json and
+kept by ``--resume``.
+
 Its last line on stdout is ``test accuracy: 0.xxxx``. Every setting is checked before any data is loaded or
 anything is written (bad ones exit with 2); the exit codes are listed in :mod:`fnn.cli`. ``--lr`` defaults to
 the optimizer's own rate (``fnn.optim.DEFAULT_LEARNING_RATES``: sgd 0.1, momentum 0.01, adam 0.001).
@@ -56,8 +61,8 @@ from fnn._run_folder import (
 from fnn.idx import MNIST_FILES
 from fnn.train import CHECKPOINT_NAME
 
-__all__ = ["PLOT_SKIPPED", "RESUME_MAY_CHANGE", "TRAIN_DEFAULTS", "add_parser", "check_config", "run",
-           "train_config", "write_history"]
+__all__ = ["PLOT_SKIPPED", "RESUME_MAY_CHANGE", "TRAIN_DEFAULTS", "add_parser", "check_config", "make_net",
+           "make_penalty", "run", "train_config", "write_history"]
 
 PLOT_SKIPPED = "plot skipped: matplotlib is not installed (pip install 'fnn[plot]')"
 
@@ -92,6 +97,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                        help="feed the raw [0, 1] features instead of standardizing them with training statistics")
     train.add_argument("--strict", action="store_true", default=None,
                        help="check every step for non-finite values (stops at the exact step that diverged)")
+    train.add_argument("--dropout", type=float, metavar="RATE",
+                       help="dropout after every hidden layer: each hidden unit is dropped with probability RATE "
+                            "in [0, 1) during training (inverted dropout; off in evaluation); default 0, none")
+    train.add_argument("--l2", type=float, metavar="LAM",
+                       help="L2 weight penalty (LAM/2)·Σw² over the weights only (not the biases), added once per "
+                            "mini-batch to the batch-mean loss (gradient LAM·w); Nielsen's (λ/2n)·Σw² is --l2 λ/n; "
+                            "default 0, none")
+    train.add_argument("--l1", type=float, metavar="LAM",
+                       help="L1 weight penalty LAM·Σ|w| over the weights only, added like --l2 (both: their sum); "
+                            "default 0, none")
     train.add_argument("--devices", type=positive(int), default=None, metavar="N",
                        help="data-parallel over the first N devices of jax.devices(); --batch-size must be divisible "
                             "by N (on CPU, test with XLA_FLAGS=--xla_force_host_platform_device_count=N)")
@@ -140,7 +155,25 @@ def train_config(args: argparse.Namespace) -> tuple[dict, Path, dict]:
     return config, out, records
 
 
-def check_resumable(out: Path, net: fnn.Network, config: dict, loss: fnn.losses.Loss, optimizer) -> None:
+def make_net(sizes: list[int], activation: str, output: str, dropout: float) -> fnn.Network:
+    """``fnn.mlp(sizes, ...)``; with ``dropout > 0`` the same Dense layers as an ``fnn.serial`` with
+    ``Dropout(dropout)`` after every hidden one (without, the run is exactly the mlp one, bit for bit)."""
+    if not dropout:
+        return fnn.mlp(sizes, hidden=activation, output=output)
+    L = fnn.layers
+    hidden = [layer for n in sizes[1:-1] for layer in (L.Dense(n, activation=activation), L.Dropout(dropout))]
+    return fnn.serial(*hidden, L.Dense(sizes[-1], activation=output), input_shape=(sizes[0],))
+
+
+def make_penalty(config: dict):
+    """The penalty of ``--l1``/``--l2`` (None when both are 0; their sum, l1 first, when both are given)."""
+    terms = [make(config[name]) for name, make in (("l1", fnn.penalties.l1), ("l2", fnn.penalties.l2))
+             if config[name]]
+    return None if not terms else terms[0] if len(terms) == 1 else fnn.penalties.combine(*terms)
+
+
+def check_resumable(out: Path, net: fnn.Network, config: dict, loss: fnn.losses.Loss, optimizer,
+                    penalty=None) -> None:
     """The checkpoint in ``out`` (if any) is a valid fnn checkpoint of ``net``, saved with this run's
     training settings, with metadata ``fit`` can resume from: else a UsageError (a bad run folder) or an OSError
     (a dangling symbolic link, a link loop), before anything is compiled or written."""
@@ -160,6 +193,9 @@ def check_resumable(out: Path, net: fnn.Network, config: dict, loss: fnn.losses.
            "strict": config["strict"], "optimizer": optimizer, "lr": float(config["lr"])}
     differ = [f"{k}: checkpoint {saved[k]!r}, config.json {v!r}" for k, v in now.items()
               if k in saved and saved[k] != v]
+    pen = None if penalty is None else penalty.describe()  # recorded by fit only when there is one
+    if saved.get("penalty") != pen:
+        differ.append(f"penalty: checkpoint {saved.get('penalty')!r}, config.json {pen!r}")
     if differ:
         raise UsageError(f"--resume {out}: {path} was saved with other training settings than "
                          f"{out / 'config.json'} ({'; '.join(differ)}).")
@@ -241,9 +277,11 @@ def run(args: argparse.Namespace) -> int:
     classes = int(max(y_train.max(), y_test.max())) + 1
     if not loss.sparse:
         y_train, y_test = fnn.one_hot(y_train, classes), fnn.one_hot(y_test, classes)
-    net = fnn.mlp([x_train.shape[1], *config["hidden"], classes], hidden=config["activation"], output=output)
+    sizes = [x_train.shape[1], *config["hidden"], classes]
+    net = make_net(sizes, config["activation"], output, config["dropout"])
+    penalty = make_penalty(config)
     if args.resume is not None:
-        check_resumable(out, net, config, loss, optimizer)
+        check_resumable(out, net, config, loss, optimizer, penalty)
     key_init, key_fit = jax.random.split(jax.random.key(config["seed"]))
     # Sized without allocating (fit checks again, but init would already have allocated a huge net).
     opt = fnn.make_optimizer(optimizer, config["lr"]) if optimizer is not None else None
@@ -260,19 +298,21 @@ def run(args: argparse.Namespace) -> int:
         lr_note = f" ({config['optimizer']}'s default)" if lr_default else ""
         print(f"data: {config['dataset']}, {x_train.shape[0]} train / {x_test.shape[0]} test examples, "
               f"{x_train.shape[1]} features, {classes} classes{' (standardized)' if config['standardize'] else ''}")
-        print(f"network: {list(net.sizes)} {config['activation']} -> {output}, loss {loss.name}, "
+        extras = "".join(f", {name} {config[name]:g}" for name in ("dropout", "l1", "l2") if config[name])
+        print(f"network: {sizes} {config['activation']} -> {output}{extras}, loss {loss.name}, "
               f"{config['optimizer']} lr {config['lr']:g}{lr_note}, batch {config['batch_size']}, "
               f"{config['grads']} gradients")
         print(f"run folder: {out}{' (resumed)' if args.resume else ''}")
         sys.stdout.flush()
-        return _train(args, config, records, out, net, params, key_fit, loss, optimizer,
-                      (x_train, y_train), (x_test, y_test))
+        return _train(args, config, records, out, net, params, key_fit, loss, optimizer, penalty,
+                      (x_train, y_train), (x_test, y_test), title=f"{config['dataset']}: {sizes} "
+                      f"{config['activation']} -> {config['output']}{extras}, {loss.name}, {config['optimizer']} lr "
+                      f"{config['lr']:g}, batch {config['batch_size']}")
 
 
-def _train(args, config, records, out, net, params, key_fit, loss, optimizer, train, test) -> int:
+def _train(args, config, records, out, net, params, key_fit, loss, optimizer, penalty, train, test, *,
+           title: str) -> int:
     """Train (in the locked folder), write the history and curves, print the test accuracy."""
-    title = (f"{config['dataset']}: {list(net.sizes)} {config['activation']} -> {config['output']}, {loss.name}, "
-             f"{config['optimizer']} lr {config['lr']:g}, batch {config['batch_size']}")
     t0 = time.perf_counter()
     trained: list[int] = []  # the epochs this call ran (a resumed run starts after its checkpoint)
     with warnings.catch_warnings(record=True) as caught:
@@ -283,7 +323,7 @@ def _train(args, config, records, out, net, params, key_fit, loss, optimizer, tr
                 batch_size=config["batch_size"], learning_rate=config["lr"], optimizer=optimizer,
                 grads=config["grads"], key=key_fit, progress=not args.no_progress, checkpoint_dir=out,
                 resume=args.resume is not None, strict=config["strict"], callback=lambda e, h: trained.append(e),
-                devices=args.devices,
+                devices=args.devices, penalty=penalty,
             )
         except fnn.TrainingInterrupted as stop:  # a checkpoint is saved; fnn.cli reports it (exit 130)
             with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C skips the curves, not the message

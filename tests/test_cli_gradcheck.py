@@ -3,6 +3,7 @@ arguments (exit 2), all through ``fnn.cli.main`` in-process."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import jax
@@ -57,6 +58,9 @@ def test_a_failing_gradient_check_exits_1(argv, capsys, monkeypatch):
         (["--eps", "0"], "--eps"),
         (["--dtype", "float16"], "--dtype"),
         (["--seed", str(2**64)], "--seed must be an integer of at most 63 bits"),
+        (["--dropout", "1.0"], "--dropout must be a rate in [0, 1)"),
+        (["--dropout", "-0.5"], "--dropout must be a rate in [0, 1)"),
+        (["--dropout", "0.5", "--sizes", "4,3"], "--dropout needs a hidden layer"),
     ],
 )
 def test_gradcheck_bad_arguments_exit_2(argv, expected, capsys):
@@ -75,3 +79,39 @@ def test_make_problem_fits_every_loss(loss):
     fnn.losses.check_targets(record, y, 2, 5, None if record.sparse else x.dtype)  # raises if they do not fit
     net.check_params(params)
     assert x.shape == (5, 3)
+
+
+def _maskless_dropout(real):
+    """Dropout whose hand-written backward forgets the mask (passes g through): wrong in training mode only."""
+    def Dropout(rate):
+        spec = real(rate)
+
+        def bind(shape, where):
+            layer = spec.bind(shape, where)
+
+            def backward(p, x, y, aux, g, ctx, at_z):
+                grads, _, values = layer.backward(p, x, y, aux, g, ctx, at_z)
+                return grads, g, values
+
+            return dataclasses.replace(layer, backward=backward)
+
+        return dataclasses.replace(spec, bind=bind)
+
+    return Dropout
+
+
+@pytest.mark.parametrize("argv", [[], ["--all", "--activation", "tanh", "--loss", "mse"]], ids=["one", "all"])
+def test_gradcheck_with_dropout_checks_training_mode(argv, capsys, monkeypatch):
+    args = ["gradcheck", "--sizes", "3,5,2", "--dropout", "0.5", *argv]
+    assert cli.main(args) == 0
+    captured = capsys.readouterr()
+    assert "dropout 0.5 (training mode, fixed masks)" in captured.out and captured.err == ""
+    monkeypatch.setattr(fnn.layers, "Dropout", _maskless_dropout(fnn.layers.Dropout))
+    assert cli.main(args) == 1  # the masks are in play: a backward that ignores them is caught
+    assert "disagree" in capsys.readouterr().err
+
+
+def test_gradcheck_dropout_net_and_mode():
+    net = cli_gradcheck.make_net([4, 6, 3], "tanh", "softmax", 0.25, jnp.float32)
+    assert [layer.kind for layer in net.layers] == ["Dense", "Dropout", "Dense"] and net.stochastic
+    assert cli_gradcheck.make_net([4, 6, 3], "tanh", "softmax", 0.0, jnp.float32).describe()["sizes"] == [4, 6, 3]

@@ -128,6 +128,12 @@ def test_out_refuses_an_existing_run(fake_run, capsys):
         (["--seed", str(-2**64)], "--seed must be an integer of at most 63 bits"),
         (["--batch-size", "100000"], "larger than the training set"),
         (["--resume", "/nonexistent/fnn-run"], "config.json"),
+        (["--dropout", "1.0"], "--dropout must be a rate in [0, 1)"),
+        (["--dropout", "-0.1"], "--dropout must be a rate in [0, 1)"),
+        (["--dropout", "nan"], "--dropout must be a rate in [0, 1)"),
+        (["--l2=-1e-4"], "--l2 must be a finite number >= 0"),
+        (["--l2", "inf"], "--l2 must be a finite number >= 0"),
+        (["--l1", "-1"], "--l1 must be a finite number >= 0"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(argv, expected, capsys, tmp_path, monkeypatch):
@@ -249,3 +255,39 @@ def test_a_network_too_large_for_memory_is_refused_before_init(tmp_path, capsys,
     assert re.search(r"--hidden: the network is too large for this machine's memory: its params take 4,000\.\d GB",
                      err), err
     assert not out.exists() and not calls  # nothing compiled, no folder made
+
+
+def test_dropout_and_l2_train_are_recorded_and_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", *SMALL, "--epochs", "1", "--dropout", "0.2", "--l2", "1e-4", "--out", str(out)]
+    assert cli.main(argv) == 0
+    stdout = capsys.readouterr().out
+    assert "network: [64, 16, 10] relu -> softmax, dropout 0.2, l2 0.0001," in stdout
+    config = json.loads((out / "config.json").read_text())
+    assert config["dropout"] == 0.2 and config["l2"] == 1e-4 and config["l1"] == 0
+    kinds = [layer["kind"] for layer in config["network"]["layers"]]
+    assert kinds == ["Dense", "Dropout", "Dense"] and config["network"]["layers"][1]["rate"] == 0.2
+    ckpt = fnn.load(out / "checkpoint.safetensors")
+    assert ckpt.net.stochastic and ckpt.metadata["config"]["penalty"] == {"name": "l2", "lam": 1e-4, "leaves": ["w"]}
+
+    assert cli.main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
+    assert "epoch 2" in capsys.readouterr().out
+    assert json.loads((out / "history.json").read_text())["epoch"] == [1, 2]
+    assert fnn.load(out / "checkpoint.safetensors").metadata["config"]["penalty"]["lam"] == 1e-4
+
+    for flag, value in (("--dropout", "0.3"), ("--l2", "0.001"), ("--l1", "0.001")):
+        assert cli.main(["train", "--resume", str(out), "--epochs", "3", flag, value, "--no-progress"]) == 2
+        assert f"{flag} {float(value)!r} differs from the resumed run's" in one_error_line(capsys.readouterr().err)
+
+
+def test_without_dropout_the_net_is_the_mlp_and_l1_l2_combine():
+    net = cli_train.make_net([4, 6, 5, 3], "tanh", "softmax", 0.0)
+    assert net.describe() == fnn.mlp([4, 6, 5, 3], hidden="tanh", output="softmax").describe()
+    dropped = cli_train.make_net([4, 6, 5, 3], "tanh", "softmax", 0.5)
+    assert [layer.kind for layer in dropped.layers] == ["Dense", "Dropout", "Dense", "Dropout", "Dense"]
+    params = net.init(jax.random.key(0))
+    assert cli_train.make_penalty({"l1": 0, "l2": 0}) is None
+    assert cli_train.make_penalty({"l1": 0, "l2": 0.1}) == fnn.penalties.l2(0.1)
+    both = cli_train.make_penalty({"l1": 0.2, "l2": 0.1})
+    assert both == fnn.penalties.combine(fnn.penalties.l1(0.2), fnn.penalties.l2(0.1))
+    assert float(both.value(params)) > float(fnn.penalties.l2(0.1).value(params)) > 0
