@@ -45,18 +45,46 @@ def _member_epochs(epoch: Callable, stateful: bool):
 
 
 def _check_stacked(net: Network, params) -> int:
-    """The member count K of stacked params (a leading axis on every leaf), validated against ``net``."""
-    if not isinstance(params, (list, tuple)) or not params or not isinstance(params[0], dict) \
-            or jnp.ndim(params[0].get("w")) != 3:
-        got = jnp.shape(params[0].get("w")) if isinstance(params, (list, tuple)) and params \
-            and isinstance(params[0], dict) else type(params).__name__
-        raise ValueError(
-            f"fit_ensemble expects stacked params with a leading member axis, e.g. jax.vmap(net.init)(keys): "
-            f"layer 0's w of shape (K, {net.sizes[0]}, {net.sizes[1]}), got {got}."
-        )
-    k = jax.tree_util.tree_leaves(params)[0].shape[0]
+    """The member count K of stacked params, validated against ``net``: every leaf is the net's leaf with one
+    leading member axis of the same K (the first leaf that is not names its layer path, e.g. ``3.1``)."""
+    expected = _shapes_by_path(net.param_shapes(), ())
+    got = _leaf_shapes(params, ()) if isinstance(params, (list, tuple)) and params else None
+    if got is None or not got:
+        raise ValueError(f"fit_ensemble expects stacked params with a leading member axis, e.g. "
+                         f"jax.vmap(net.init)(keys): a list with one entry per layer, got {type(params).__name__}.")
+    k = None
+    for path, shape in expected:
+        actual = got.get(path)
+        if actual is None:
+            continue  # a missing leaf: check_params below names it
+        if len(actual) != len(shape) + 1 or (k is not None and actual[0] != k):
+            where = ".".join(map(str, path[:-1]))
+            want = ", ".join(["K" if k is None else str(k), *map(str, shape)])
+            raise ValueError(
+                f"fit_ensemble expects stacked params with a leading member axis, e.g. jax.vmap(net.init)(keys): "
+                f"layer {where}'s {path[-1]} of shape ({want}), got {actual}."
+            )
+        k = actual[0] if k is None else k
+    if k is None:
+        raise ValueError("fit_ensemble needs a network with params (every member is trained by its own params).")
     check_params(net, jax.tree_util.tree_map(lambda t: t[0], params))
     return k
+
+
+def _shapes_by_path(node, path: tuple) -> list[tuple[tuple, tuple]]:
+    """``(path, shape)`` of every leaf of ``net.param_shapes()``, in order (paths like ``(3, 1, "w")``)."""
+    if isinstance(node, list):
+        return [item for i, child in enumerate(node) for item in _shapes_by_path(child, (*path, i))]
+    return [((*path, name), tuple(shape)) for name, shape in node.items()]
+
+
+def _leaf_shapes(node, path: tuple) -> dict[tuple, tuple]:
+    """``{path: shape}`` of every array leaf of a params-like tree of lists and dicts."""
+    if isinstance(node, (list, tuple)):
+        return {p: s for i, child in enumerate(node) for p, s in _leaf_shapes(child, (*path, i)).items()}
+    if isinstance(node, dict):
+        return {p: s for name, child in node.items() for p, s in _leaf_shapes(child, (*path, name)).items()}
+    return {path: tuple(jnp.shape(node))} if node is not None else {}
 
 
 def _member_rates(learning_rate, k: int, dtype, optimizer) -> Array:
@@ -93,6 +121,7 @@ def fit_ensemble(
     eval_batch_size: int = 4096,
     unroll: int = 1,
     callback: Callable[[int, dict], None] | None = None,
+    penalty=None,
 ) -> tuple[Params, dict]:
     """Train K networks at once: ``jax.vmap`` of the compiled epoch :func:`fnn.fit` runs.
 
@@ -112,6 +141,9 @@ def fit_ensemble(
       strict: ``fit``'s strict mode per member: a step that goes non-finite freezes that member at its last
         finite params inside the compiled epoch.
       callback: ``callback(epoch, history)`` after every epoch.
+      penalty: an :mod:`fnn.penalties` record added to every member's loss and grads, as in ``fit``.
+
+    A net with dropout draws member ``k``'s masks from its own epoch keys, exactly as ``fit`` with ``keys[k]``.
 
     Returns:
       ``(stacked params, history)``: ``history`` has ``fit``'s per-epoch lists (``epoch``, ``epoch_time``, and
@@ -141,7 +173,8 @@ def fit_ensemble(
     keys = jnp.asarray(keys)
     if keys.shape[:1] != (k,):
         raise ValueError(f"keys must hold one PRNG key per member ({k}), got shape {keys.shape}.")
-    prog = program(net, loss_rec, grads, optimizer, rate, x.shape[0], batch_size, strict=strict, unroll=unroll)
+    prog = program(net, loss_rec, grads, optimizer, rate, x.shape[0], batch_size, strict=strict, unroll=unroll,
+                   penalty=penalty)
     check_memory(params, prog.optimizer, strict=strict, what="fit_ensemble")  # before anything is allocated
     stateful = prog.optimizer is not None
     opt_state = jax.vmap(prog.optimizer.init)(params) if stateful else ()

@@ -137,3 +137,48 @@ def test_fit_ensemble_progress_is_a_tqdm_bar_not_prints(capsys):
     assert out == ""  # it used to print one line per epoch to stdout
     assert "fit_ensemble" in err and "2/2" in err
     assert calls == [1, 2]
+
+
+# --- serial nets: dropout, residual blocks, penalties -----------------------------------------------------------
+
+_L = fnn.layers
+#: One net object for these tests (float64; they run under the float64 fixture): fit's compiled programs are
+#: cached per net, so the runs share them.
+DROPOUT_RESIDUAL = fnn.serial(_L.Dense(6, activation="tanh"), _L.Dropout(0.3),
+                              _L.Residual(_L.Dense(6, activation="tanh"), _L.Dropout(0.2), _L.Dense(6)),
+                              _L.Dense(3, activation="softmax"), input_shape=(4,), dtype="float64")
+
+
+@pytest.mark.parametrize("penalty", [None, fnn.penalties.l2(0.05)], ids=["plain", "l2"])
+def test_fit_ensemble_of_a_dropout_residual_net_equals_each_member_alone(float64, penalty):
+    net = DROPOUT_RESIDUAL
+    stacked = jax.vmap(net.init)(jax.random.split(jax.random.key(1), 3))
+    keys = jax.random.split(jax.random.key(2), 3)
+    lrs = [0.05, 0.2, 0.4]
+    train = blobs(24)
+    kw = dict(loss=SPARSE_CE, epochs=2, batch_size=6, penalty=penalty)
+    params, history = fnn.fit_ensemble(net, stacked, train, learning_rate=lrs, keys=keys, **kw)
+    assert isinstance(params[2], list) and all(t.shape[0] == 3 for t in jax.tree_util.tree_leaves(params))
+    for k in range(3):
+        alone, h = fnn.fit(net, member(stacked, k), train, learning_rate=lrs[k], key=keys[k], progress=False, **kw)
+        assert_tree_close(member(params, k), alone, rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose([row[k] for row in history["train_loss"]], h["train_loss"], rtol=1e-12)
+    # the masks and the penalty are in play: without dropout keys (inference mode) or without the penalty, the
+    # members would train differently
+    other, _ = fnn.fit(net, member(stacked, 0), train, learning_rate=lrs[0], key=keys[0], progress=False,
+                       **{**kw, "penalty": None if penalty else fnn.penalties.l2(0.05)})
+    assert not np.allclose(leaves(other)[0], leaves(member(params, 0))[0], rtol=1e-9, atol=0)
+
+
+def test_fit_ensemble_names_the_nested_leaf_without_the_member_axis():
+    net = DROPOUT_RESIDUAL
+    stacked = [jax.tree_util.tree_map(lambda s: jnp.zeros((3, *s)), p, is_leaf=lambda s: isinstance(s, tuple))
+               for p in net.param_shapes()]
+    stacked[2][0]["w"] = stacked[2][0]["w"][0]
+    with pytest.raises(ValueError, match=r"stacked params.*layer 2\.0's w of shape \(3, 6, 6\), got \(6, 6\)"):
+        fnn.fit_ensemble(net, stacked, blobs(20), loss=SPARSE_CE, epochs=1, batch_size=5,
+                         keys=jax.random.split(jax.random.key(1), 3))
+    stacked[2][0]["w"] = jnp.stack([stacked[2][0]["w"]] * 2)
+    with pytest.raises(ValueError, match=r"layer 2\.0's w of shape \(3, 6, 6\), got \(2, 6, 6\)"):
+        fnn.fit_ensemble(net, stacked, blobs(20), loss=SPARSE_CE, epochs=1, batch_size=5,
+                         keys=jax.random.split(jax.random.key(1), 3))
