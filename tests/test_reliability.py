@@ -62,6 +62,11 @@ YD = fnn.one_hot(Y, 3)
 COMPLEX_P = [{k: v.astype(jnp.complex64) for k, v in layer.items()} for layer in P]
 OBJECT_P = [{"w": P[0]["w"], "b": np.asarray(P[0]["b"]).astype(object)}, P[1]]
 BIG_LABELS = np.where(np.arange(8) == 3, np.int64(2**32 + 1), Y.astype(np.int64))  # int32 wraps it to 1
+# A net with dropout and a residual block, in the shapes of NET's first and last layers.
+DROPOUT_NET = fnn.serial(fnn.layers.Dense(5, activation="tanh"), fnn.layers.Dropout(0.5),
+                         fnn.layers.Residual(fnn.layers.Dense(5, activation="tanh")),
+                         fnn.layers.Dense(3, activation="softmax"), input_shape=(4,))
+DROPOUT_P = DROPOUT_NET.init(jax.random.key(1))
 HUGE = fnn.mlp([64, 10**6, 10**6, 10])  # 4.0 TB of float32 params; jax.eval_shape sizes them without allocating
 
 
@@ -482,6 +487,97 @@ OTHER_ROWS = [
         ValueError, (r"optimizer state has \d+ leaves but opt_state_like has \d+",)),
     Row("load", "net is not a Network", lambda tmp: fnn.load(_checkpoint(tmp), "net"), TypeError,
         (r"Network", r"got str")),
+    # --- layers, serial, penalties (the layer protocol) ---
+    Row("layers", "Dropout(1.0): every unit dropped", lambda tmp: fnn.layers.Dropout(1.0), ValueError,
+        (r"Dropout: rate must be a number in \[0, 1\)", r"got 1\.0")),
+    Row("layers", "Dropout of a negative rate", lambda tmp: fnn.layers.Dropout(-0.1), ValueError,
+        (r"\[0, 1\)", r"got -0\.1")),
+    Row("layers", "Dense(0): no units", lambda tmp: fnn.layers.Dense(0), ValueError,
+        (r"Dense: units must be a positive int", r"got 0")),
+    Row("layers", "Dense of 2.5 units", lambda tmp: fnn.layers.Dense(2.5), ValueError,
+        (r"positive int", r"got 2\.5")),
+    Row("layers", "Dense with a misspelt activation", lambda tmp: fnn.layers.Dense(3, activation="relux"),
+        ValueError, (r"Did you mean 'relu'", r"'relux'")),
+    Row("layers", "Dense bias not a bool", lambda tmp: fnn.layers.Dense(3, bias="yes"), TypeError,
+        (r"bias must be True or False", r"got 'yes'")),
+    Row("layers", "Residual() without inner layers", lambda tmp: fnn.layers.Residual(), ValueError,
+        (r"Residual needs at least one inner layer",)),
+    Row("layers", "Residual of an int", lambda tmp: fnn.layers.Residual(3), TypeError,
+        (r"Residual's inner layer 0: expected a layer", r"got int: 3")),
+    Row("layers", "Residual(Dense(3)) bound to input 4: x + f(x) cannot add",
+        lambda tmp: fnn.serial(fnn.layers.Residual(fnn.layers.Dense(3)), input_shape=(4,)), ValueError,
+        (r"Layer 0 \(Residual\)", r"input shape \(4,\) to \(3,\)")),
+    Row("layers", "from_description of an unknown kind", lambda tmp: fnn.layers.from_description({"kind": "Conv"}),
+        ValueError, (r"known kinds: Dense", r"'Conv'")),
+    Row("serial", "no layers", lambda tmp: fnn.serial(input_shape=(3,)), ValueError,
+        (r"serial needs at least one layer",)),
+    Row("serial", "a misspelt activation name as a layer", lambda tmp: fnn.serial("relux", input_shape=(3,)),
+        ValueError, (r"Layer 0: 'relux' is neither a layer nor an activation name", r"Did you mean 'relu'")),
+    Row("serial", "an int as a layer", lambda tmp: fnn.serial(3, input_shape=(3,)), TypeError,
+        (r"Layer 0: expected a layer", r"got int: 3")),
+    Row("serial", "input_shape of a zero width", lambda tmp: fnn.serial(fnn.layers.Dense(3), input_shape=(0,)),
+        ValueError, (r"input_shape must be the per-example shape as a tuple of positive ints", r"got \(0,\)")),
+    Row("serial", "an image shape into a Dense layer",
+        lambda tmp: fnn.serial(fnn.layers.Dense(3), input_shape=(2, 2)), ValueError,
+        (r"Layer 0 \(Dense\): expects a flat input of shape \(n,\)", r"got per-example shape \(2, 2\)")),
+    Row("serial", "an integer dtype", lambda tmp: fnn.serial(fnn.layers.Dense(3), input_shape=(3,), dtype="int32"),
+        TypeError, (r"floating dtype", r"got int32")),
+    Row("serial", "params of a Residual given as a dict, not a list of inner entries",
+        lambda tmp: fnn.serial(fnn.layers.Residual(fnn.layers.Dense(4)), input_shape=(4,)).apply(
+            [{"w": jnp.ones((4, 4)), "b": jnp.ones(4)}], X), ValueError,
+        (r"Layer 0: expected params as a list of 1 inner-layer entries", r"got dict")),
+    Row("penalties", "l2(-1): a negative strength", lambda tmp: fnn.penalties.l2(-1), ValueError,
+        (r"l2: lam must be a finite real number >= 0", r"got -1")),
+    Row("penalties", "l1(nan)", lambda tmp: fnn.penalties.l1(float("nan")), ValueError,
+        (r"lam must be a finite real number >= 0", r"got nan")),
+    Row("penalties", "l2 of a string", lambda tmp: fnn.penalties.l2("0.1"), TypeError,
+        (r"finite real number", r"'0\.1' \(str\)")),
+    Row("penalties", "no leaf names", lambda tmp: fnn.penalties.l1(0.1, leaves=()), ValueError,
+        (r"leaves must be a non-empty tuple of leaf names", r"got \(\)")),
+    Row("penalties", "l2(0.1, leaves=('q',)) on real params: no leaf matches",
+        lambda tmp: fnn.penalties.l2(0.1, leaves=("q",)).value(P), ValueError,
+        (r"selects no leaf of params", r"leaves=\('q',\)", r"0\.w, 1\.b, 1\.w")),
+    Row("penalties", "a mask unlike params", lambda tmp: fnn.penalties.l2(0.1, mask=[True]).value(P), ValueError,
+        (r"mask's tree structure", r"does not match the params'")),
+    Row("penalties", "combine of a non-penalty", lambda tmp: fnn.penalties.combine(3), TypeError,
+        (r"expected a Penalty", r"got 3")),
+    Row("penalties", "from_description of an unknown penalty",
+        lambda tmp: fnn.penalties.from_description({"name": "l3", "lam": 1}), ValueError,
+        (r"'l1' or 'l2'", r"'l3'")),
+    Row("backprop", "train=True without a key on a dropout net",
+        lambda tmp: fnn.backprop(DROPOUT_NET, DROPOUT_P, X, Y, SPARSE, train=True), ValueError,
+        (r"Training mode \(train=True\) on a net with dropout needs a PRNG key", r"pass key=")),
+    Row("backprop", "a penalty that is a number", lambda tmp: fnn.backprop(NET, P, X, Y, SPARSE, penalty=0.1),
+        TypeError, (r"expected None or a Penalty", r"got 0\.1 \(float\)")),
+    Row("backprop", "a penalty selecting no leaf",
+        lambda tmp: fnn.backprop(NET, P, X, Y, SPARSE, penalty=fnn.penalties.l2(0.1, leaves=("q",))), ValueError,
+        (r"selects no leaf of params", r"'q'")),
+    Row("Network", "apply: train=True without a key on a dropout net",
+        lambda tmp: DROPOUT_NET.apply(DROPOUT_P, X, train=True), ValueError,
+        (r"needs a PRNG key", r"train=True")),
+    Row("Network", "apply: train not a bool", lambda tmp: DROPOUT_NET.apply(DROPOUT_P, X, train="yes"), TypeError,
+        (r"train must be True, False or None", r"got 'yes'")),
+    Row("sgd_step", "a dropout net's step without its key",
+        lambda tmp: fnn.sgd_step(DROPOUT_NET, SPARSE, learning_rate=0.1)(DROPOUT_P, X, Y), TypeError,
+        (r"step takes 4 arguments \(params, x, y, key\)", r"got 3")),
+    Row("fit", "penalty given by name", lambda tmp: fnn.fit(NET, P, (X, Y), loss=SPARSE, epochs=1, batch_size=2,
+                                                            key=KEY, progress=False, penalty="l2"), TypeError,
+        (r"expected None or a Penalty", r"got 'l2' \(str\)")),
+    Row("fit_ensemble", "penalty given by name", _fit_ensemble(penalty="l2"), TypeError,
+        (r"expected None or a Penalty", r"got 'l2' \(str\)")),
+    Row("fit_ensemble", "a dropout+residual net's params not stacked",
+        lambda tmp: fnn.fit_ensemble(DROPOUT_NET, DROPOUT_P, (X, Y), loss=SPARSE, epochs=1, batch_size=2,
+                                     keys=jax.random.split(KEY, 2)), ValueError,
+        (r"stacked params", r"layer 0's w of shape \(K, 4, 5\), got \(4, 5\)")),
+    Row("save", "state without one entry per layer",
+        lambda tmp: fnn.save(tmp / "s.safetensors", P, net=NET, state=[{}]), ValueError,
+        (r"state must be a list with one entry per layer \(2", r"got 1 entries")),
+    Row("load", "a serial net's checkpoint into a net with another dropout rate",
+        lambda tmp: fnn.load(fnn.save(tmp / "d.safetensors", DROPOUT_P, net=DROPOUT_NET), fnn.serial(
+            fnn.layers.Dense(5, activation="tanh"), fnn.layers.Dropout(0.25),
+            fnn.layers.Residual(fnn.layers.Dense(5, activation="tanh")), fnn.layers.Dense(3, activation="softmax"),
+            input_shape=(4,))), ValueError,
+        (r"does not match the given network", r"layer 1 rate: checkpoint has 0\.5, network has 0\.25")),
 ]
 
 BAD_INPUT = _loss_path_rows() + OTHER_ROWS
@@ -537,6 +633,12 @@ def test_every_public_name_has_a_row():
                 missing.append(name)
     assert not missing, f"public names with no bad-input row in BAD_INPUT (or NO_USER_DATA): {missing}"
     assert set(NO_USER_DATA) <= set(fnn.__all__), set(NO_USER_DATA) - set(fnn.__all__)
+
+
+def test_reliability_md_states_the_row_count():
+    """RELIABILITY.md's intro gives the size of this table; a row added without updating it fails here."""
+    text = (FNN_DIR.parent / "RELIABILITY.md").read_text()
+    assert f"(`BAD_INPUT`, {len(BAD_INPUT)} rows)" in text, re.findall(r"\(`BAD_INPUT`, \d+ rows\)", text)
 
 
 @pytest.mark.parametrize("loss", ["mse", "quadratic", "binary_cross_entropy", "categorical_cross_entropy",
