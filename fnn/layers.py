@@ -27,10 +27,12 @@ to itself.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fnn import _layer
 from fnn import activations as _activations
@@ -64,9 +66,9 @@ def _flat(kind: str, shape: tuple[int, ...], where: str) -> int:
 
 
 def _positive_int(kind: str, name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value <= 0:
         raise ValueError(f"{kind}: {name} must be a positive int, got {value!r}.")
-    return value
+    return int(value)  # a NumPy integer (e.g. from a width array) as a plain int: configs stay JSON-able
 
 
 # --- Dense --------------------------------------------------------------------------------------------
@@ -168,7 +170,7 @@ def Dropout(rate: float) -> Spec:
     Raises:
       ValueError: ``rate`` outside [0, 1).
     """
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+    if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, numbers.Real) or not 0 <= rate < 1:
         raise ValueError(f"Dropout: rate must be a number in [0, 1) (the fraction of units dropped), got {rate!r}.")
     rate = float(rate)
     threshold = min(round(rate * 2**32), 2**32 - 1)
