@@ -168,9 +168,12 @@ def Dropout(rate: float) -> Spec:
     booleans ``(batch, *shape)`` (training mode with ``rate > 0`` only).
 
     Raises:
-      ValueError: ``rate`` outside [0, 1).
+      ValueError: ``rate`` outside [0, 1). TypeError: ``rate`` is not a real number.
     """
-    if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, numbers.Real) or not 0 <= rate < 1:
+    if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, numbers.Real):
+        raise TypeError(f"Dropout: rate must be a number in [0, 1) (the fraction of units dropped), got "
+                        f"{type(rate).__name__} {rate!r}.")
+    if not 0 <= rate < 1:
         raise ValueError(f"Dropout: rate must be a number in [0, 1) (the fraction of units dropped), got {rate!r}.")
     rate = float(rate)
     threshold = min(round(rate * 2**32), 2**32 - 1)

@@ -81,9 +81,11 @@ class Network(NamedTuple):
         return all(layer.config["bias"] for layer in self.layers if layer.kind == "Dense")
 
     @property
-    def initializer(self) -> _initializers.Initializer:
-        """The weight initializer of the first Dense layer (all of them, for ``fnn.mlp`` networks)."""
-        return _initializers.get(next(lay.config["init"] for lay in self.layers if lay.kind == "Dense"))
+    def initializer(self) -> _initializers.Initializer | None:
+        """The weight initializer of the first Dense layer (all of them, for ``fnn.mlp`` networks); None for a
+        net without Dense layers."""
+        name = next((lay.config["init"] for lay in self.layers if lay.kind == "Dense"), None)
+        return None if name is None else _initializers.get(name)
 
     @property
     def stochastic(self) -> bool:

@@ -381,8 +381,11 @@ def test_dropout_rate_zero_and_inference_mode_are_the_identity(float64):
 
 
 def test_dropout_rate_outside_unit_interval_is_an_error():
-    for rate in (1.0, 1.5, -0.1, float("nan"), True, "0.5", np.float32(1.0)):
+    for rate in (1.0, 1.5, -0.1, float("nan"), np.float32(1.0)):
         with pytest.raises(ValueError, match=r"Dropout: rate must be a number in \[0, 1\)"):
+            L.Dropout(rate)
+    for rate in (True, "0.5", None):  # not a number at all: a TypeError naming the type
+        with pytest.raises(TypeError, match=r"Dropout: rate must be a number in \[0, 1\).*got (bool|str|NoneType)"):
             L.Dropout(rate)
     # NumPy scalars are numbers (a rate from a sweep array, a width from a shape), kept as plain Python values
     net = fnn.serial(L.Dense(np.int64(4)), L.Dropout(np.float32(0.5)), input_shape=(3,))

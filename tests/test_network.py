@@ -360,3 +360,9 @@ def test_numeric_array_keeps_jax_arrays_and_host_width():
     assert isinstance(host, np.ndarray) and host.dtype == np.int64 and host[0] == 2**33
     with pytest.raises(TypeError, match=r"x must be an array of numbers, got a list"):
         numeric_array("x", [[1, 2], [3]])
+
+
+def test_initializer_of_a_net_without_dense_layers_is_none():
+    net = fnn.serial("tanh", fnn.layers.Dropout(0.5), input_shape=(3,))
+    assert net.initializer is None and net.bias  # no Dense layer: no initializer, and no layer without bias
+    assert fnn.mlp([3, 2], init="he_normal").initializer.name == "he_normal"
