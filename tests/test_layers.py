@@ -713,3 +713,24 @@ def test_describe_round_trips_through_from_description():
     np.testing.assert_array_equal(apply(net, p), apply(copy, q))
     mlp = fnn.mlp([4, 3, 2], hidden="tanh", bias=False)
     assert fnn.network.from_description(mlp.describe()).describe() == mlp.describe()
+
+
+def _without_per_example(spec: L.Spec) -> L.Spec:
+    """``spec`` whose bound layer has no per-example form (as a future layer that mixes examples would)."""
+    import dataclasses
+
+    return L.Spec(spec.kind, spec.config, lambda shape, where: dataclasses.replace(spec.bind(shape, where),
+                                                                                  per_example=None))
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_per_example_grads_names_a_layer_without_a_per_example_form(nested):
+    mixing = _without_per_example(L.Dense(3, activation="tanh"))
+    layers = [L.Dense(3), L.Residual(mixing)] if nested else [L.Dense(3), mixing]
+    net = fnn.serial(*layers, L.Dense(2), input_shape=(3,))
+    params = net.init(jax.random.key(0))
+    x, y = jnp.ones((4, 3)), jnp.array([0, 1, 0, 1])
+    where = r"layer 1\.0 \(Dense\)" if nested else r"layer 1 \(Dense\)"
+    with pytest.raises(ValueError, match=rf"per_example_grads: {where} has no per-example form"):
+        fnn.per_example_grads(net, params, x, y, SPARSE_CE)
+    fnn.backprop(net, params, x, y, SPARSE_CE)  # the batch gradient does not need it
