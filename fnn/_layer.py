@@ -30,7 +30,7 @@ import jax
 
 from fnn._types import Array, PRNGKey
 
-__all__ = ["Context", "Layer", "LayerTrace", "forward", "backward", "layer_context"]
+__all__ = ["Context", "Layer", "LayerTrace", "forward", "backward", "per_example", "layer_context"]
 
 
 class Context(NamedTuple):
@@ -128,3 +128,18 @@ def backward(layers, params, records, g: Array, ctx: Context, *, at_z: bool = Fa
         traces[l] = LayerTrace(x, y, g, values)
         g, at_z = dx, False
     return grads, g, traces
+
+
+def per_example(layers, params, traces, n: int, prefix: str = "") -> list:
+    """Every layer's per-example gradients from its trace (``n`` = the batch size); ``prefix`` is the path of a
+    parent block (``"3."``).
+
+    Raises:
+      ValueError: a layer without a per-example form, named by its path and kind.
+    """
+    out = []
+    for l, (layer, p, t) in enumerate(zip(layers, params, traces, strict=True)):
+        if layer.per_example is None:
+            raise ValueError(f"per_example_grads: layer {prefix}{l} ({layer.kind}) has no per-example form.")
+        out.append(layer.per_example(p, t, n))
+    return out

@@ -249,12 +249,8 @@ def per_example_grads(net: Network, params: Params, x: ArrayLike, y: ArrayLike, 
     Raises:
       ValueError: a layer without a per-example form (named by its index and kind).
     """
-    for l, layer in enumerate(net.layers if isinstance(net, Network) else ()):
-        if layer.per_example is None:
-            raise ValueError(f"per_example_grads: layer {l} ({layer.kind}) has no per-example form.")
     _, _, trace = backprop(net, params, x, y, loss, key=key, train=train, return_trace=True)
-    n = trace.x.shape[0]
-    return [layer.per_example(p, t, n) for layer, p, t in zip(net.layers, params, trace.layers, strict=True)]
+    return _layer.per_example(net.layers, params, trace.layers, trace.x.shape[0])
 
 
 def _key_cotangent(key):

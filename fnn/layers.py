@@ -238,12 +238,7 @@ def Residual(*layers) -> Spec:
             return grads, g + dx, {"layers": traces}
 
         def per_example(p, trace, n):
-            out = []
-            for i, (layer, t) in enumerate(zip(inner, trace.values["layers"], strict=True)):
-                if layer.per_example is None:
-                    raise ValueError(f"per_example_grads: layer {where}.{i} ({layer.kind}) has no per-example form.")
-                out.append(layer.per_example(p[i], t, n))
-            return out
+            return _layer.per_example(inner, p, trace.values["layers"], n, f"{where}.")
 
         return _layer.Layer("Residual", {"layers": specs}, shape, shape, None, [lay.param_shapes for lay in inner],
                             init_fn, forward, backward, per_example, any(lay.stochastic for lay in inner), inner)
