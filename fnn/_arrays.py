@@ -6,7 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["numeric_array", "check_layer_params", "dtype_hint"]
+__all__ = ["numeric_array", "check_layer_params", "dtype_hint", "path_parts"]
+
+
+def path_parts(key_path) -> list[str]:
+    """The parts of a ``jax.tree_util`` key path as strings, ``["3", "1", "w"]`` for ``params[3][1]["w"]`` (fnn
+    names that leaf ``3.1.w``)."""
+    return [str(getattr(k, "idx", getattr(k, "key", getattr(k, "name", k)))) for k in key_path]
 
 
 def dtype_hint(dtype) -> str:

@@ -33,6 +33,7 @@ from jax.flatten_util import ravel_pytree
 
 from fnn import losses as _losses
 from fnn import penalties as _penalties
+from fnn._arrays import path_parts
 from fnn._types import ArrayLike, Params, PRNGKey
 from fnn.backprop import autodiff, backprop
 from fnn.network import Network, check_params, param_dtype
@@ -193,11 +194,8 @@ def _to_f64(tree):
 
 def _leaf_names(params: Params):
     """``(layer, leaf)`` of every leaf in ravel order; a nested leaf ``3.1.w`` is ``(3, "1.w")``."""
-    out = []
-    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
-        parts = [str(getattr(k, "idx", getattr(k, "key", k))) for k in path]
-        out.append((int(parts[0]), ".".join(parts[1:])))
-    return out
+    parts = [path_parts(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    return [(int(p[0]), ".".join(p[1:])) for p in parts]
 
 
 def gradcheck(

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn._arrays import path_parts
 from fnn._types import Array, Grads, PyTree
 
 # name: (value of one leaf, gradient of that value) side by side, so one derivative is checked on one line.
@@ -39,7 +40,6 @@ _RULES = {
     "l2": (lambda lam, w: lam / 2 * jnp.sum(jnp.square(w)), lambda lam, w: lam * w),
     "l1": (lambda lam, w: lam * jnp.sum(w * jnp.sign(w)), lambda lam, w: lam * jnp.sign(w)),  # sign(0) = 0
 }
-_path = lambda key_path: ".".join(str(getattr(k, "idx", getattr(k, "key", getattr(k, "name", k)))) for k in key_path)
 _short = lambda treedef: str(treedef) if len(str(treedef)) <= 160 else str(treedef)[:157] + "..."
 
 
@@ -57,7 +57,7 @@ class _Term:
     def flags(self, params: PyTree) -> tuple[list, Any, list[bool], list[str]]:
         """The leaves of params, their treedef, whether each is selected, and their paths (plain Python)."""
         flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-        paths = [_path(p) for p, _ in flat]
+        paths = [".".join(path_parts(p)) for p, _ in flat]
         if self.mask is None:
             flags = [p.rsplit(".", 1)[-1] in self.leaves for p in paths]
         else:

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fnn import penalties
+from fnn._arrays import path_parts
 
 W_PATHS = ["0.w", "2.0.w", "2.1.w", "4.w"]
 
@@ -33,7 +34,7 @@ def make_params(dtype=jnp.float64, seed: int = 0, zeros: bool = True):
 
 
 def leaf_by_path(params):
-    return {penalties._path(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    return {".".join(path_parts(p)): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
 
 
 def numpy_value(name: str, lam: float, params, paths) -> float:
