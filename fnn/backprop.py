@@ -119,13 +119,9 @@ def loss_value(net: Network, loss: _losses.Loss, z: Array, a: Array, y: Array) -
     return closed.value(z, y) if closed is not None else loss.value(a, y)
 
 
-def _with_penalty(penalty, params, value, grads=None):
-    if penalty is None:
-        return value if grads is None else (value, grads)
-    value = value + penalty.value(params).astype(value.dtype)
-    if grads is None:
-        return value
-    return value, jax.tree_util.tree_map(lambda g, d: g + d.astype(g.dtype), grads, penalty.grad(params))
+def _penalised(penalty, params, value):
+    """The loss ``value`` plus ``penalty``'s value (``value`` itself without a penalty)."""
+    return value if penalty is None else value + penalty.value(params).astype(value.dtype)
 
 
 def backprop_in(net: Network, params: Params, x2: Array, y2: Array, loss: _losses.Loss, ctx: _layer.Context,
@@ -140,7 +136,9 @@ def backprop_in(net: Network, params: Params, x2: Array, y2: Array, loss: _losse
     else:
         value, g, at_z = loss.value(out, y2), loss.grad(out, y2), False
     grads, dx, traces = _layer.backward(net.layers, params, records, g, ctx, at_z=at_z)
-    value, grads = _with_penalty(penalty, params, value, grads)
+    if penalty is not None:
+        grads = jax.tree_util.tree_map(lambda g, d: g + d.astype(g.dtype), grads, penalty.grad(params))
+    value = _penalised(penalty, params, value)
     return value, grads, dx, Trace(x2, traces)
 
 
@@ -197,7 +195,7 @@ def backprop(
 def _objective_in(net: Network, params: Params, x2, y2, loss: _losses.Loss, ctx: _layer.Context, penalty):
     out, records = _layer.forward(net.layers, params, x2, ctx)
     value = loss_value(net, loss, records[-1][2].get("z"), out, y2)
-    return _with_penalty(penalty, params, value)
+    return _penalised(penalty, params, value)
 
 
 def objective(net: Network, loss, *, penalty=None):

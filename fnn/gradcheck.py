@@ -284,8 +284,8 @@ def gradcheck(
                   "autodiff": np.asarray(ravel_pytree(_to_f64(auto))[0])} if low_precision else {}
 
     # Map flat coordinates back to leaves (ravel_pytree order = tree_leaves order = layers, keys sorted).
-    sizes = [int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(params)]
-    bounds = np.cumsum([0] + sizes)
+    leaf_shapes = [tuple(np.shape(leaf)) for leaf in jax.tree_util.tree_leaves(params)]
+    bounds = np.cumsum([0] + [math.prod(shape) for shape in leaf_shapes])
     # A central difference carries rounding noise of about eps64 · |L| / eps (the loss itself is exact to a few
     # ulps): on coordinates whose gradient is small next to the loss, a difference at that level is noise, not a
     # gradient error, so it is scaled to count as fd_rtol at most.
@@ -296,7 +296,6 @@ def gradcheck(
     crossed = kink & (np.abs(auto64[idx] - fd) > fd_rtol * np.maximum(np.abs(auto64[idx]) + np.abs(fd), fd_floor))
     idx, fd = idx[~crossed], fd[~crossed]
     rows: list[LeafCheck] = []
-    leaf_shapes = [tuple(np.shape(leaf)) for leaf in jax.tree_util.tree_leaves(params)]
     for (layer, leaf), shape, lo, hi in zip(_leaf_names(params), leaf_shapes, bounds[:-1], bounds[1:], strict=True):
         sel = (idx >= lo) & (idx < hi)
         fd_leaf, pos = fd[sel], idx[sel]

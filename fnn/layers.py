@@ -272,12 +272,7 @@ def from_description(desc: dict) -> Spec:
         kind = desc.get("kind") if isinstance(desc, dict) else desc
         raise ValueError(f"Unknown layer kind {kind!r} in a network description; known kinds: {', '.join(KINDS)}.")
     config = {k: v for k, v in desc.items() if k != "kind"}
-    if desc["kind"] == "Residual":
+    if desc["kind"] == "Residual":  # its inner layers are descriptions too
         return Residual(*[from_description(d) for d in config["layers"]])
-    if desc["kind"] == "Activation":
-        return Activation(config["activation"])
-    if desc["kind"] == "Dense":
-        units = config.pop("units")
-        return Dense(units, **config)
     return KINDS[desc["kind"]](**config)
 

@@ -158,7 +158,7 @@ def _with_input_checks(step: Callable, loss: _losses.Loss, n_out: int, *, y_inde
     @functools.wraps(step)
     def checked(*args):
         if len(args) != y_index + 1 + keyed:
-            names = ["params", "opt_state", "x", "y"][: y_index + 1] if y_index == 3 else ["params", "x", "y"]
+            names = ["params", "opt_state", "x", "y"] if y_index == 3 else ["params", "x", "y"]
             names += ["key"] if keyed else []
             extra = " (the net has dropout: pass the step's PRNG key last)" if keyed else ""
             raise TypeError(f"step takes {len(names)} arguments ({', '.join(names)}){extra}, got {len(args)}.")
