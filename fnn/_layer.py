@@ -23,14 +23,17 @@ path ``3.1`` has its own stream.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 
 from fnn._types import Array, PRNGKey
 
-__all__ = ["Context", "Layer", "LayerTrace", "forward", "backward", "per_example", "layer_context"]
+__all__ = ["Context", "Spec", "Layer", "LayerTrace", "forward", "backward", "per_example", "layer_context",
+           "positive_int", "no_params", "no_per_example"]
 
 
 class Context(NamedTuple):
@@ -49,6 +52,23 @@ class Context(NamedTuple):
     key: PRNGKey | None = None
     axis_name: str | None = None
     rows: Array | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """An unbound layer: its kind, its JSON-able arguments and ``bind(input_shape, where) -> Layer``
+    (``where`` is the layer's path, e.g. ``"3.1"``, for error messages)."""
+
+    kind: str
+    config: dict
+    bind: Callable = dataclasses.field(repr=False, compare=False)
+
+    def describe(self) -> dict:
+        """``{"kind": ..., **config}``; ``fnn.layers.from_description`` rebuilds the spec."""
+        config = dict(self.config)
+        if "layers" in config:
+            config["layers"] = [s.describe() for s in config["layers"]]
+        return {"kind": self.kind, **config}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: a net is an lru_cache key of fit's programs
@@ -96,6 +116,23 @@ class LayerTrace(NamedTuple):
     output: Array
     grad: Array
     values: dict
+
+
+def positive_int(kind: str, name: str, value) -> int:
+    """``value`` as a plain int (configs stay JSON-able); a ValueError naming the layer kind unless positive."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{kind}: {name} must be a positive int, got {value!r}.")
+    return int(value)
+
+
+def no_params(key, dtype):
+    """``init`` of a layer without params."""
+    return {}
+
+
+def no_per_example(p, trace, n):
+    """``per_example`` of a layer without params."""
+    return {}
 
 
 def layer_context(ctx: Context, index: int) -> Context:

@@ -1,4 +1,7 @@
-"""Weight initializers: ``init(key, (n_in, n_out), dtype) -> w``. Biases start at zero.
+"""Weight initializers: ``init(key, shape, dtype) -> w``. Biases start at zero.
+
+``n_in``/``n_out`` are the fans: for a Dense weight ``(n_in, n_out)`` its two sizes; for a convolution kernel
+``(kh, kw, c_in, c_out)`` (HWIO) ``n_in = kh·kw·c_in`` and ``n_out = kh·kw·c_out``.
 
 ==============  ====================================================  =================================
 name            distribution                                          use
@@ -26,7 +29,7 @@ import jax.numpy as jnp
 from fnn._registry import lookup
 from fnn._types import Array, PRNGKey
 
-__all__ = ["Initializer", "get", "names", "REGISTRY"]
+__all__ = ["Initializer", "get", "names", "fans", "REGISTRY"]
 
 
 class Initializer(NamedTuple):
@@ -42,9 +45,18 @@ class Initializer(NamedTuple):
         return f"Initializer({self.name!r})"
 
 
+def fans(shape: tuple[int, ...]) -> tuple[int, int]:
+    """``(n_in, n_out)`` of a weight of ``shape``: the last two sizes, times the receptive field (the product of
+    the others) for a convolution kernel."""
+    if len(shape) < 2:
+        raise ValueError(f"An initializer needs a weight shape of rank 2 or more, got {tuple(shape)}.")
+    field = math.prod(shape[:-2])
+    return field * shape[-2], field * shape[-1]
+
+
 def _uniform(scale_fn):
     def sample(key, shape, dtype):
-        r = scale_fn(*shape)
+        r = scale_fn(*fans(shape))
         return jax.random.uniform(key, shape, dtype, minval=-r, maxval=r)
 
     return sample
@@ -52,7 +64,7 @@ def _uniform(scale_fn):
 
 def _normal(std_fn):
     def sample(key, shape, dtype):
-        return std_fn(*shape) * jax.random.normal(key, shape, dtype)
+        return std_fn(*fans(shape)) * jax.random.normal(key, shape, dtype)
 
     return sample
 

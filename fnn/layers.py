@@ -13,7 +13,14 @@ Activation     y = f(x)                     δ = dx = f.backward(x, y, g)       
 Dropout(p)     y = x ⊙ m / (1 - p)          dx = g ⊙ m / (1 - p)  (training mode;            {}
                m ~ Bernoulli(1 - p)         identity in inference mode)
 Residual(f…)   y = x + f(x)                 dx = g + (df)ᵀ g  (the inner layers' loop)       [inner params, …]
+Conv2D         z = conv(x, w) + b, y = f(z)  dw = im2col(x)ᵀ δ, db = Σ δ,                     {"w": (kh, kw, c_in, F),
+                                            dx = conv(dilate(δ), flip(w)ᵀ)  (:mod:`fnn.conv`)  "b": (F,)}
+MaxPool2D      y = max of each window       δ routed to the window's first maximum           {}
+AvgPool2D      y = mean of each window      g / (kh·kw) to every input of the window         {}
+Flatten        y = x.reshape(N, -1)         dx = g.reshape(x.shape)  (NHWC row-major)        {}
 =============  ===========================  ==============================================  ======================
+
+Images are NHWC (per-example ``(H, W, C)``); :mod:`fnn.conv` and :mod:`fnn.pooling` write out the formulas.
 
 Conventions: Dense's ``w`` acts on row vectors (the textbook's ``W`` is ``w.T``); biases start at zero; a
 Dense without bias has no ``"b"`` key. Dropout is inverted dropout (kept units scaled by ``1/(1 - p)``, so the
@@ -26,7 +33,6 @@ to itself.
 
 from __future__ import annotations
 
-import dataclasses
 import numbers
 from collections.abc import Callable
 
@@ -37,25 +43,12 @@ import numpy as np
 from fnn import _layer
 from fnn import activations as _activations
 from fnn import initializers as _initializers
+from fnn._layer import Spec
+from fnn.conv import Conv2D, Flatten
+from fnn.pooling import AvgPool2D, MaxPool2D
 
-__all__ = ["Spec", "Dense", "Dropout", "Residual", "Activation", "as_spec", "from_description", "KINDS"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Spec:
-    """An unbound layer: its kind, its JSON-able arguments and ``bind(input_shape, where) -> Layer``
-    (``where`` is the layer's path, e.g. ``"3.1"``, for error messages)."""
-
-    kind: str
-    config: dict
-    bind: Callable = dataclasses.field(repr=False, compare=False)
-
-    def describe(self) -> dict:
-        """``{"kind": ..., **config}``; :func:`from_description` rebuilds the spec."""
-        config = dict(self.config)
-        if "layers" in config:
-            config["layers"] = [s.describe() for s in config["layers"]]
-        return {"kind": self.kind, **config}
+__all__ = ["Spec", "Dense", "Dropout", "Residual", "Activation", "Conv2D", "MaxPool2D", "AvgPool2D", "Flatten",
+           "as_spec", "from_description", "KINDS"]
 
 
 def _flat(kind: str, shape: tuple[int, ...], where: str) -> int:
@@ -63,12 +56,6 @@ def _flat(kind: str, shape: tuple[int, ...], where: str) -> int:
         raise ValueError(f"Layer {where} ({kind}): expects a flat input of shape (n,), got per-example shape {shape}"
                          f"; put a Flatten() before it.")
     return shape[0]
-
-
-def _positive_int(kind: str, name: str, value) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"{kind}: {name} must be a positive int, got {value!r}.")
-    return int(value)  # a NumPy integer (e.g. from a width array) as a plain int: configs stay JSON-able
 
 
 # --- Dense --------------------------------------------------------------------------------------------
@@ -85,7 +72,7 @@ def Dense(units: int, activation="identity", *, bias: bool = True, init="glorot_
     Backward: ``δ = f.backward(z, y, g)``, ``dw = xᵀ δ``, ``db = Σ_batch δ``, ``dx = δ wᵀ``. Trace values:
     ``"z"`` and ``"delta"`` (= dL/dz).
     """
-    units = _positive_int("Dense", "units", units)
+    units = _layer.positive_int("Dense", "units", units)
     act = _activations.get(activation)
     initializer = _initializers.get(init)
     if not isinstance(bias, bool):
@@ -143,18 +130,10 @@ def Activation(activation) -> Spec:
             delta = g if at_z else act.backward(x, y, g)
             return {}, delta, {"z": x, "delta": delta}
 
-        return _layer.Layer("Activation", {"activation": act.name}, shape, shape, act, {}, _no_params, forward,
-                            backward, _no_per_example)
+        return _layer.Layer("Activation", {"activation": act.name}, shape, shape, act, {}, _layer.no_params, forward,
+                            backward, _layer.no_per_example)
 
     return Spec("Activation", {"activation": act.name}, bind)
-
-
-def _no_params(key, dtype):
-    return {}
-
-
-def _no_per_example(p, trace, n):
-    return {}
 
 
 # --- Dropout ------------------------------------------------------------------------------------------
@@ -193,8 +172,8 @@ def Dropout(rate: float) -> Spec:
                 return {}, g, {}
             return {}, g * aux["scale"], {"mask": aux["keep"]}
 
-        return _layer.Layer("Dropout", {"rate": rate}, shape, shape, None, {}, _no_params, forward, backward,
-                            _no_per_example, stochastic=rate > 0)
+        return _layer.Layer("Dropout", {"rate": rate}, shape, shape, None, {}, _layer.no_params, forward, backward,
+                            _layer.no_per_example, stochastic=rate > 0)
 
     return Spec("Dropout", {"rate": rate}, bind)
 
@@ -263,7 +242,8 @@ def as_spec(value, where: str) -> Spec:
 
 #: Layer constructors by kind, for :func:`from_description`.
 KINDS: dict[str, Callable[..., Spec]] = {"Dense": Dense, "Activation": Activation, "Dropout": Dropout,
-                                         "Residual": Residual}
+                                         "Residual": Residual, "Conv2D": Conv2D, "MaxPool2D": MaxPool2D,
+                                         "AvgPool2D": AvgPool2D, "Flatten": Flatten}
 
 
 def from_description(desc: dict) -> Spec:
