@@ -56,6 +56,7 @@ LOCK_NAME = "train.lock"
 #: (``fnn.optim.DEFAULT_LEARNING_RATES``). A config.json from before ``dropout``/``l2``/``l1`` existed reads them
 #: as 0, which is how it trained.
 TRAIN_DEFAULTS = {
+    "model": "mlp",  # "cnn": fnn.cli_train.make_cnn's convolutional net (images, NHWC)
     "dataset": "digits",
     "data_dir": None,
     "hidden": [128],
@@ -94,6 +95,7 @@ def check_config(config: dict, where: str | None = None) -> dict:
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
     expected = {
+        "model": ("'mlp' or 'cnn'", config["model"] in ("mlp", "cnn")),
         "dataset": ("a string", isinstance(config["dataset"], str)),
         "data_dir": ("a folder name or null", config["data_dir"] is None or isinstance(config["data_dir"], str)),
         "hidden": ("a list of positive integers",

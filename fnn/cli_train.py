@@ -10,6 +10,10 @@ backprop and plain SGD, and writes a run folder (``runs/<dataset>-<timestamp>`` 
     curves.png                loss and accuracy per epoch (needs matplotlib: pip install 'fnn[plot]')
     train.lock                while a run uses the folder: its pid and host (see fnn._run_folder)
 
+``--model cnn`` trains a convolutional net on images (:func:`make_cnn`: two 3x3 Conv2D + 2x2 max-pool stages,
+then the ``--hidden`` Dense layers), on the digits as ``8x8x1`` images by default and on Fashion-MNIST as
+``28x28x1`` with ``--dataset fashion-mnist``.
+
 ``--dropout RATE`` puts ``fnn.layers.Dropout(RATE)`` after every hidden layer (the net is then an
 ``fnn.serial``; without it, the same ``fnn.mlp`` as ever) and ``--l2 LAM`` / ``--l1 LAM`` add
 ``fnn.penalties.l2(LAM)`` ((LAM/2)·Σw² over the weights) / ``l1(LAM)``; all three are recorded in config.json and
@@ -61,8 +65,8 @@ from fnn._run_folder import (
 from fnn.idx import MNIST_FILES
 from fnn.train import CHECKPOINT_NAME
 
-__all__ = ["PLOT_SKIPPED", "RESUME_MAY_CHANGE", "TRAIN_DEFAULTS", "add_parser", "check_config", "make_net",
-           "make_penalty", "run", "train_config", "write_history"]
+__all__ = ["CNN_FILTERS", "PLOT_SKIPPED", "RESUME_MAY_CHANGE", "TRAIN_DEFAULTS", "add_parser", "check_config",
+           "make_cnn", "make_net", "make_penalty", "run", "train_config", "write_history"]
 
 PLOT_SKIPPED = "plot skipped: matplotlib is not installed (pip install 'fnn[plot]')"
 
@@ -75,6 +79,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                     "plain SGD) and write a run folder with config.json, checkpoint.safetensors, history.json "
                     "and curves.png. The last line printed is 'test accuracy: 0.xxxx'.",
     )
+    train.add_argument("--model", choices=("mlp", "cnn"),
+                       help="mlp (Dense layers, --hidden) or cnn (two 3x3 convolution + 2x2 max-pool stages, 32 and "
+                            "64 filters, then the --hidden Dense layers; images, digits or fashion-mnist) "
+                            f"(default {d['model']})")
     train.add_argument("--dataset", help=f"digits, iris, mnist or fashion-mnist (default {d['dataset']})")
     train.add_argument("--data-dir", help="folder of the IDX files (required for mnist; fashion-mnist defaults "
                                           "to /usr/share/datasets/fashion-mnist)")
@@ -165,6 +173,21 @@ def make_net(sizes: list[int], activation: str, output: str, dropout: float) -> 
     return fnn.serial(*hidden, L.Dense(sizes[-1], activation=output), input_shape=(sizes[0],))
 
 
+CNN_FILTERS = (32, 64)
+
+
+def make_cnn(input_shape: tuple[int, ...], hidden: list[int], classes: int, activation: str, output: str,
+             dropout: float) -> fnn.Network:
+    """``--model cnn``: per filter count in :data:`CNN_FILTERS` a 3x3 ``"SAME"`` Conv2D with ``activation`` and a
+    2x2 max-pool, then Flatten, the ``hidden`` Dense layers (each followed by ``Dropout(dropout)`` when > 0) and
+    the output layer. Images are NHWC ``input_shape = (H, W, C)``."""
+    L = fnn.layers
+    convs = [layer for f in CNN_FILTERS for layer in (L.Conv2D(f, 3, activation=activation), L.MaxPool2D(2))]
+    dense = [layer for n in hidden for layer in (L.Dense(n, activation=activation),
+                                                 *([L.Dropout(dropout)] if dropout else []))]
+    return fnn.serial(*convs, L.Flatten(), *dense, L.Dense(classes, activation=output), input_shape=input_shape)
+
+
 def make_penalty(config: dict):
     """The penalty of ``--l1``/``--l2`` (None when both are 0; their sum, l1 first, when both are given)."""
     terms = [make(config[name]) for name, make in (("l1", fnn.penalties.l1), ("l2", fnn.penalties.l2))
@@ -224,8 +247,11 @@ def _load_data(config: dict, where: str):
         raise UsageError(f"--dataset mnist needs --data-dir DIR, the folder holding MNIST's four IDX files "
                          f"{', '.join(f'{name}[.gz]' for name in MNIST_FILES)} (download them from "
                          f"yann.lecun.com/exdb/mnist or one of its mirrors).")
+    if config["model"] == "cnn" and config["dataset"] == "iris":
+        raise UsageError("--model cnn trains on images: use --dataset digits, mnist or fashion-mnist (iris is a "
+                         "table of 4 measurements).")
     try:
-        return fnn.load_dataset(config["dataset"], config["data_dir"])
+        return fnn.load_dataset(config["dataset"], config["data_dir"], flatten=config["model"] == "mlp")
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(f"{where} {config['dataset']}: {one_line(e)}") from e
 
@@ -278,7 +304,12 @@ def run(args: argparse.Namespace) -> int:
     if not loss.sparse:
         y_train, y_test = fnn.one_hot(y_train, classes), fnn.one_hot(y_test, classes)
     sizes = [x_train.shape[1], *config["hidden"], classes]
-    net = make_net(sizes, config["activation"], output, config["dropout"])
+    if config["model"] == "cnn":
+        net = make_cnn(x_train.shape[1:], config["hidden"], classes, config["activation"], output, config["dropout"])
+        shape = "x".join(map(str, x_train.shape[1:]))
+        sizes = f"cnn {shape} -> conv {'/'.join(map(str, CNN_FILTERS))} -> {config['hidden'] + [classes]}"
+    else:
+        net = make_net(sizes, config["activation"], output, config["dropout"])
     penalty = make_penalty(config)
     if args.resume is not None:
         check_resumable(out, net, config, loss, optimizer, penalty)
@@ -296,8 +327,9 @@ def run(args: argparse.Namespace) -> int:
         records["network"] = net.describe()
         write_json(out / "config.json", {**config, **records})
         lr_note = f" ({config['optimizer']}'s default)" if lr_default else ""
+        features = "x".join(map(str, x_train.shape[1:]))
         print(f"data: {config['dataset']}, {x_train.shape[0]} train / {x_test.shape[0]} test examples, "
-              f"{x_train.shape[1]} features, {classes} classes{' (standardized)' if config['standardize'] else ''}")
+              f"{features} features, {classes} classes{' (standardized)' if config['standardize'] else ''}")
         extras = "".join(f", {name} {config[name]:g}" for name in ("dropout", "l1", "l2") if config[name])
         print(f"network: {sizes} {config['activation']} -> {output}{extras}, loss {loss.name}, "
               f"{config['optimizer']} lr {config['lr']:g}{lr_note}, batch {config['batch_size']}, "

@@ -99,31 +99,38 @@ def Conv2D(filters: int, kernel_size, *, stride=1, padding="SAME", activation="i
                 p["b"] = jnp.zeros((filters,), dtype)
             return p
 
+        def columns(x):
+            return _windows.patches(_windows.pad(x, geo), geo).reshape(x.shape[0] * ho * wo, kh * kw * c)
+
         def forward(p, x, ctx):
-            z = lax.conv_general_dilated(x, p["w"], (sh, sw), pads, dimension_numbers=_DIMS)
+            cols = columns(x)
+            z = (cols @ p["w"].reshape(kh * kw * c, filters)).reshape(x.shape[0], ho, wo, filters)
             if "b" in p:
                 z = z + p["b"][None, None, None, :]
-            return act.forward(z), {"z": z}
-
-        def columns(x):
-            return _windows.patches(_windows.pad(x, geo), geo).reshape(x.shape[0], ho * wo, kh * kw * c)
+            return act.forward(z), {"z": z, "columns": cols}
 
         def backward(p, x, y, aux, g, ctx, at_z):
             z = aux["z"]
             delta = g if at_z else act.backward(z, y, g)
             n = x.shape[0]
             d2 = delta.reshape(n * ho * wo, filters)
-            grads = {"w": (columns(x).reshape(n * ho * wo, kh * kw * c).T @ d2).reshape(kh, kw, c, filters)}
+            grads = {"w": (aux["columns"].T @ d2).reshape(kh, kw, c, filters)}
             if "b" in p:
                 grads["b"] = jnp.sum(d2, axis=0)
-            flipped = jnp.transpose(p["w"][::-1, ::-1], (0, 1, 3, 2))  # (kh, kw, F, C)
-            dx = lax.conv_general_dilated(delta, flipped, (1, 1), dx_pads, lhs_dilation=(sh, sw),
+            import os
+            if os.environ.get("FNN_DXCOL"):
+                dcols = (d2 @ p["w"].reshape(kh * kw * c, filters).T).reshape(n, ho, wo, kh * kw, c)
+                dx = _windows.unpatch(dcols, geo)
+            else:
+                flipped = jnp.transpose(p["w"][::-1, ::-1], (0, 1, 3, 2))  # (kh, kw, F, C)
+                dx = lax.conv_general_dilated(delta, flipped, (1, 1), dx_pads, lhs_dilation=(sh, sw),
                                           dimension_numbers=_DIMS)
             return grads, dx, {"z": z, "delta": delta}
 
         def per_example(p, trace, n):
             delta = trace.values["delta"].reshape(n, ho * wo, filters) * n
-            grads = {"w": jnp.einsum("npk,npf->nkf", columns(trace.input), delta).reshape(n, kh, kw, c, filters)}
+            cols = columns(trace.input).reshape(n, ho * wo, kh * kw * c)
+            grads = {"w": jnp.einsum("npk,npf->nkf", cols, delta).reshape(n, kh, kw, c, filters)}
             if "b" in p:
                 grads["b"] = jnp.sum(delta, axis=1)
             return grads

@@ -1,7 +1,8 @@
 """Data: the shipped data sets, ``load_dataset`` by name, and the small helpers around them.
 
 Everything here is NumPy in, NumPy out (plain ``np.ndarray``); the training code moves arrays to the device.
-Images are returned flattened to ``(n, features)`` float32 in [0, 1] and labels as int32 ``(n,)``.
+Images are returned flattened to ``(n, features)`` (or with ``flatten=False`` as NHWC images ``(n, rows, cols, 1)``)
+float32 in [0, 1] and labels as int32 ``(n,)``.
 
 Data sets:
 
@@ -31,6 +32,7 @@ from typing import NamedTuple, Optional
 import jax
 import numpy as np
 
+from fnn import idx as _idx
 from fnn._types import ArrayLike, DTypeLike, PRNGKey
 from fnn.idx import FASHION_MNIST_DIR, PathLike, Split, fashion_mnist, load_idx, mnist
 
@@ -244,18 +246,23 @@ def iris() -> tuple[np.ndarray, np.ndarray]:
     return table[:, :4].astype(np.float32), table[:, 4].astype(np.int32)
 
 
-def digits() -> tuple[np.ndarray, np.ndarray]:
+def digits(*, flatten: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The 8x8 handwritten digits (UCI optical digits test set, Alpaydin & Kaynak, CC BY 4.0), shipped with fnn.
+
+    Args:
+      flatten: rows ``(1797, 64)`` (default) or, with ``False``, NHWC images ``(1797, 8, 8, 1)``.
 
     Returns:
       ``(x, y)``: ``x`` float32 ``(1797, 64)``, row-major 8x8 pixel counts 0..16 divided by 16 (so in [0, 1]),
       ``y`` int32 ``(1797,)`` digits 0..9, in file order.
     """
+    flatten = _idx.check_flatten(flatten)
     _, table = _read_csv("digits.csv.gz", gzipped=True)
-    return (table[:, :64] / 16.0).astype(np.float32), table[:, 64].astype(np.int32)
+    x = (table[:, :64] / 16.0).astype(np.float32)
+    return (x if flatten else x.reshape(-1, 8, 8, 1)), table[:, 64].astype(np.int32)
 
 
-def load_dataset(name: str, data_dir: Optional[PathLike] = None) -> Split:
+def load_dataset(name: str, data_dir: Optional[PathLike] = None, *, flatten: bool = True) -> Split:
     """Loads a data set by name, already split into training and test parts.
 
     ``iris`` and ``digits`` are split 80/20 by :func:`train_test_split` with ``jax.random.key(0)`` (always the
@@ -265,13 +272,15 @@ def load_dataset(name: str, data_dir: Optional[PathLike] = None) -> Split:
       name: one of :data:`DATASETS` (``"iris"``, ``"digits"``, ``"mnist"``, ``"fashion-mnist"``);
         case and ``_`` versus ``-`` do not matter.
       data_dir: folder of the IDX files; required for ``mnist``, optional for ``fashion-mnist``.
+      flatten: ``False`` gives the image data sets as NHWC images ``(n, rows, cols, 1)`` (digits ``8×8``,
+        MNIST and Fashion-MNIST ``28×28``) for convolutional nets; iris has no images.
 
     Returns:
-      ``((x_train, y_train), (x_test, y_test))``, ``x`` float32 ``(n, features)``, ``y`` int32 ``(n,)``.
+      ``((x_train, y_train), (x_test, y_test))``, ``x`` float32 ``(n, features)`` (or images), ``y`` int32 ``(n,)``.
 
     Raises:
-      ValueError: unknown name (the message lists the valid names and the closest match), or ``mnist``
-        without ``data_dir``.
+      ValueError: unknown name (the message lists the valid names and the closest match), ``mnist``
+        without ``data_dir``, or ``flatten=False`` for iris.
 
     Example:
       >>> (x_train, y_train), (x_test, y_test) = load_dataset("digits")
@@ -279,15 +288,19 @@ def load_dataset(name: str, data_dir: Optional[PathLike] = None) -> Split:
       ((1438, 64), (1438,), (359, 64), dtype('int32'))
     """
     key = str(name).strip().lower().replace("_", "-")
+    flatten = _idx.check_flatten(flatten)
+    if key == "iris" and not flatten:
+        raise ValueError("load_dataset('iris', flatten=False): iris is a table of 4 measurements, not images; "
+                         "flatten=False applies to digits, mnist and fashion-mnist.")
     if key in ("iris", "digits"):
-        x, y = iris() if key == "iris" else digits()
+        x, y = iris() if key == "iris" else digits(flatten=flatten)
         return train_test_split(x, y, test_fraction=0.2, key=jax.random.key(0))
     if key == "mnist":
         if data_dir is None:
             raise ValueError("load_dataset('mnist') needs data_dir: the folder holding MNIST's four IDX files.")
-        return mnist(data_dir)
+        return mnist(data_dir, flatten=flatten)
     if key == "fashion-mnist":
-        return fashion_mnist(data_dir)
+        return fashion_mnist(data_dir, flatten=flatten)
     close = difflib.get_close_matches(key, DATASETS, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise ValueError(f"Unknown data set {name!r}; valid names: {', '.join(DATASETS)}.{hint}")

@@ -23,6 +23,7 @@ leg of its own dtype. :func:`taylor_test` is the eps-free check: for a correct g
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -198,6 +199,19 @@ def _leaf_names(params: Params):
     return [(int(p[0]), ".".join(p[1:])) for p in parts]
 
 
+#: Layer kinds whose forward and backward are many small ops (patches, pads): gradcheck compiles such nets whole.
+WINDOWED_KINDS = frozenset({"Conv2D", "MaxPool2D", "AvgPool2D"})
+
+
+def _windowed(layers) -> bool:
+    return any(layer.kind in WINDOWED_KINDS or _windowed(layer.children) for layer in layers)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _choice(key, n, shape):
+    return jax.random.choice(key, n, shape, replace=False)
+
+
 def gradcheck(
     net: Network,
     params: Params,
@@ -261,22 +275,29 @@ def gradcheck(
     if train and dropout_key is None:
         dropout_key = jax.random.fold_in(key, 7)
     mode = {"key": dropout_key if train else None, "train": train, "penalty": _penalties.get(penalty)}
-    value, manual = backprop(net, params, x, y, loss, **mode)
-    auto = autodiff(net, params, x, y, loss, **mode)[1] if low_precision else None
+    # Eager dispatch compiles each distinct op once and reuses it across calls (cheap for Dense nets checked
+    # over and over); a net of windowed layers has dozens of distinct ops, so it is compiled as one program.
+    compiled = _windowed(net.layers)
+    manual_fn, auto_fn = (functools.partial(fn, net, loss=loss, train=train, penalty=mode["penalty"])
+                          for fn in (backprop, autodiff))
+    if compiled:
+        manual_fn, auto_fn = jax.jit(manual_fn), jax.jit(auto_fn)
+    value, manual = manual_fn(params, x, y, key=mode["key"])
+    auto = auto_fn(params, x, y, key=mode["key"])[1] if low_precision else None
 
     with jax.enable_x64(True):
         p64, x64 = _to_f64(params), _to_f64(x)
         y64 = jnp.asarray(y) if loss.sparse else _to_f64(y)
         f = fixed_objective(net, loss, mode["key"], train, mode["penalty"])
         flat, unravel = ravel_pytree(p64)
-        manual64 = np.asarray(ravel_pytree(backprop(net, p64, x64, y64, loss, **mode)[1])[0])
-        auto64 = np.asarray(ravel_pytree(autodiff(net, p64, x64, y64, loss, **mode)[1])[0])
+        manual64 = np.asarray(ravel_pytree(manual_fn(p64, x64, y64, key=mode["key"])[1])[0])
+        auto64 = np.asarray(ravel_pytree(auto_fn(p64, x64, y64, key=mode["key"])[1])[0])
         n = flat.shape[0]
         k_sample, k_taylor = jax.random.split(key)
         budget = min(n, 5000) if num_checks is None else min(n, int(num_checks))
         idx = (np.arange(n) if budget == n
-               else np.sort(np.asarray(jax.random.choice(k_sample, n, (budget,), replace=False))))
-        fd, kink = central_and_one_sided(lambda t: f(unravel(t), x64, y64), flat, idx, eps)
+               else np.sort(np.asarray(_choice(k_sample, n, (budget,)))))
+        fd, kink = central_and_one_sided(lambda t: f(unravel(t), x64, y64), flat, idx, eps, compiled=compiled)
         taylor_result = (taylor_test(net, p64, x64, y64, loss, grads=unravel(jnp.asarray(manual64)), key=k_taylor,
                                      dropout_key=mode["key"], train=train, penalty=mode["penalty"])
                          if taylor else None)

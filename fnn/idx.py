@@ -2,8 +2,9 @@
 
 :func:`load_idx` checks the size a header claims against the bytes really present before anything is
 allocated, and decompresses a gzip stream with a bounded reader. :func:`mnist` and :func:`fashion_mnist` read
-a folder of the four IDX files and return images flattened to ``(n, rows * cols)`` float32 in [0, 1] and
-labels as int32 ``(n,)``, as plain NumPy arrays. (They are also reachable as ``fnn.data.load_idx``,
+a folder of the four IDX files and return images flattened to ``(n, rows * cols)`` (or, with
+``flatten=False``, as NHWC images ``(n, rows, cols, 1)``) float32 in [0, 1] and labels as int32 ``(n,)``, as plain
+NumPy arrays. (They are also reachable as ``fnn.data.load_idx``,
 ``fnn.data.mnist`` and ``fnn.data.fashion_mnist``.)
 """
 
@@ -195,7 +196,15 @@ def _find_mnist_files(folder: Path, what: str) -> dict[str, Path]:
     raise FileNotFoundError(f"{what}: folder {folder} {state}. To get them, {_HOW_TO_GET[what]}.")
 
 
-def _images_and_labels(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
+def check_flatten(flatten) -> bool:
+    """``flatten`` must be a bool (``flatten="no"`` would be truthy)."""
+    if not isinstance(flatten, (bool, np.bool_)):
+        raise TypeError(f"flatten must be True (images as (n, rows * cols)) or False (images as (n, rows, cols, 1), "
+                        f"NHWC), got {flatten!r}.")
+    return bool(flatten)
+
+
+def _images_and_labels(images_path: Path, labels_path: Path, flatten: bool) -> tuple[np.ndarray, np.ndarray]:
     images, labels = load_idx(images_path), load_idx(labels_path)
     if images.ndim != 3 or images.dtype != np.uint8:
         raise ValueError(
@@ -208,18 +217,20 @@ def _images_and_labels(images_path: Path, labels_path: Path) -> tuple[np.ndarray
             f"image and label counts differ: {images_path} holds {images.shape[0]} images, "
             f"{labels_path} holds {labels.shape[0]} labels."
         )
-    x = images.reshape(images.shape[0], -1).astype(np.float32) / np.float32(255)
+    shape = (images.shape[0], -1) if flatten else (*images.shape, 1)
+    x = images.reshape(shape).astype(np.float32) / np.float32(255)
     return x, labels.astype(np.int32)
 
 
-def _load_mnist_folder(data_dir: PathLike, what: str) -> Split:
+def _load_mnist_folder(data_dir: PathLike, what: str, flatten: bool) -> Split:
+    flatten = check_flatten(flatten)
     paths = _find_mnist_files(Path(data_dir), what)
-    train = _images_and_labels(paths["train_images"], paths["train_labels"])
-    test = _images_and_labels(paths["test_images"], paths["test_labels"])
+    train = _images_and_labels(paths["train_images"], paths["train_labels"], flatten)
+    test = _images_and_labels(paths["test_images"], paths["test_labels"], flatten)
     return train, test
 
 
-def mnist(data_dir: PathLike) -> Split:
+def mnist(data_dir: PathLike, *, flatten: bool = True) -> Split:
     """Loads MNIST from a folder holding its four IDX files (raw or ``.gz``; raw is used when both exist).
 
     Expected files: ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
@@ -227,25 +238,28 @@ def mnist(data_dir: PathLike) -> Split:
 
     Args:
       data_dir: the folder.
+      flatten: images as rows ``(n, rows * cols)`` (default, for Dense nets) or, with ``False``, as NHWC images
+        ``(n, rows, cols, 1)`` (for ``fnn.layers.Conv2D``).
 
     Returns:
-      ``((x_train, y_train), (x_test, y_test))``: ``x`` float32 ``(n, rows * cols)`` = ``(n, 784)`` in [0, 1]
-      (pixel / 255), ``y`` int32 ``(n,)``. For MNIST n is 60000 and 10000.
+      ``((x_train, y_train), (x_test, y_test))``: ``x`` float32 ``(n, rows * cols)`` = ``(n, 784)`` (or
+      ``(n, 28, 28, 1)``) in [0, 1] (pixel / 255), ``y`` int32 ``(n,)``. For MNIST n is 60000 and 10000.
 
     Raises:
       FileNotFoundError: the folder or a file is missing; the message lists the expected files.
       ValueError: a file is malformed (see :func:`load_idx`), images are not 3-D uint8, labels are not 1-D,
         or the image and label counts differ.
     """
-    return _load_mnist_folder(data_dir, "mnist")
+    return _load_mnist_folder(data_dir, "mnist", flatten)
 
 
-def fashion_mnist(data_dir: Optional[PathLike] = None) -> Split:
+def fashion_mnist(data_dir: Optional[PathLike] = None, *, flatten: bool = True) -> Split:
     """Loads Fashion-MNIST (Zalando, MIT licence): the same format, shapes and files as :func:`mnist`.
 
     Args:
       data_dir: folder of the four IDX files; default ``/usr/share/datasets/fashion-mnist/``, where Debian's
         ``dataset-fashion-mnist`` package installs ``train-images-idx3-ubyte.gz`` and its three siblings.
+      flatten: as :func:`mnist` (``False``: NHWC images ``(n, 28, 28, 1)``).
 
     Returns:
       ``((x_train, y_train), (x_test, y_test))``: ``x`` float32 ``(60000, 784)`` and ``(10000, 784)`` in [0, 1],
@@ -254,4 +268,4 @@ def fashion_mnist(data_dir: Optional[PathLike] = None) -> Split:
     Raises:
       FileNotFoundError, ValueError: as :func:`mnist`.
     """
-    return _load_mnist_folder(FASHION_MNIST_DIR if data_dir is None else data_dir, "fashion_mnist")
+    return _load_mnist_folder(FASHION_MNIST_DIR if data_dir is None else data_dir, "fashion_mnist", flatten)

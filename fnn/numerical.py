@@ -40,8 +40,10 @@ def central_differences(f, flat: jax.Array, idx: np.ndarray, eps: float) -> np.n
     return central_and_one_sided(f, flat, idx, eps)[0]
 
 
-def central_and_one_sided(f, flat: jax.Array, idx: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """``(central differences, kink mask)`` for the coordinates ``idx``.
+def central_and_one_sided(f, flat: jax.Array, idx: np.ndarray, eps: float, *,
+                          compiled: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(central differences, kink mask)`` for the coordinates ``idx``; ``compiled`` evaluates ``f(θ)`` as one
+    jitted program instead of eagerly.
 
     A coordinate is a *kink* when its forward and backward one-sided differences ``(f(θ+εe) − f(θ))/ε`` and
     ``(f(θ) − f(θ−εe))/ε`` disagree by more than a smooth function allows: for a twice-differentiable ``f`` they
@@ -50,7 +52,7 @@ def central_and_one_sided(f, flat: jax.Array, idx: np.ndarray, eps: float) -> tu
     slopes, the derivative of neither side. The threshold is ``1e-3`` of the slopes plus ``1e3`` times the
     difference's rounding noise ``eps64 · |f| / ε``.
     """
-    f0 = f(flat)
+    f0 = (jax.jit(f) if compiled else f)(flat)
 
     def one(i):
         e = jnp.zeros_like(flat).at[i].set(eps)

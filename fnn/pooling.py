@@ -67,7 +67,8 @@ def MaxPool2D(window, stride=None, padding="VALID") -> Spec:
 
         def backward(p, x, y, aux, g, ctx, at_z):
             k = geo.window[0] * geo.window[1]
-            routed = jnp.where(aux["winner"][..., None] == jnp.arange(k), g[..., None], jnp.zeros((), g.dtype))
+            positions = jnp.arange(k).reshape(1, 1, 1, 1, k)
+            routed = jnp.where(aux["winner"][..., None] == positions, g[..., None], jnp.zeros((), g.dtype))
             return {}, _windows.unpatch(jnp.moveaxis(routed, -1, 3), geo), {}
 
         return forward, backward
