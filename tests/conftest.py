@@ -5,12 +5,21 @@
 * ``x64``: a fixture that runs the test body with 64-bit floats enabled (``jax.enable_x64``).
 * ``TRANSFORMS``: run a function eagerly and under ``jax.jit``.
 * A hypothesis profile with no deadline (JAX compiles on first call) and few examples so CI stays fast.
+* A persistent compilation cache for this test session only: a fresh temporary directory, shared by the xdist
+  workers and removed when the session ends. On a 2-core CPU the suite's time is mostly XLA compiling, and many
+  tests compile programs another test (or an earlier run in the same test: every ``fnn train``, every ``fit``
+  with a fresh optimizer) already compiled; the cache is keyed on the program's HLO, the compile options, the
+  XLA flags and the devices, so a hit returns the executable the same compile would produce. Subprocesses the
+  tests start do not see it (a fresh process compiles on its own, as a user's does).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import signal
+import tempfile
 
 import chex
 import jax
@@ -22,6 +31,52 @@ from hypothesis import settings
 import fnn
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+# --- the session's compilation cache --------------------------------------------------------------------------
+
+_CACHE_ENV = "FNN_TESTS_COMPILATION_CACHE"  # the session's directory, made by its first process (xdist: the controller)
+
+
+def _atomic_cache_writes() -> bool:
+    """JAX writes a cache entry in place (``Path.write_bytes``): a worker reading it while another one is still
+    writing would get a truncated executable (JAX then warns and compiles). Write to a temporary name and rename
+    instead. False (and the cache is not shared) if this JAX's cache is not the one this was written for."""
+    try:
+        from jax._src import lru_cache
+    except ImportError:
+        return False
+    cls, suffix = getattr(lru_cache, "LRUCache", None), getattr(lru_cache, "_CACHE_SUFFIX", None)
+    if cls is None or not isinstance(suffix, str) or not callable(getattr(cls, "put", None)):
+        return False
+
+    def put(self, key: str, value: bytes) -> None:
+        path = self.path / f"{key}{suffix}"
+        if not path.exists():
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(value)
+            os.replace(tmp, path)
+
+    cls.put = put
+    return True
+
+
+if _atomic_cache_writes():
+    _OWN_CACHE = _CACHE_ENV not in os.environ
+    if _OWN_CACHE:
+        os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="fnn-tests-xla-cache-")
+    _CACHE_DIR = os.environ[_CACHE_ENV]
+else:
+    _OWN_CACHE, _CACHE_DIR = True, tempfile.mkdtemp(prefix="fnn-tests-xla-cache-")
+jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # most compiles here take well under 1 s
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE:
+        shutil.rmtree(_CACHE_DIR, ignore_errors=True)
+
 
 settings.register_profile("fnn", deadline=None, max_examples=25, derandomize=True, print_blob=True)
 settings.load_profile("fnn")
