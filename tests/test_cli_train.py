@@ -1,7 +1,8 @@
 """Tests for fnn/cli_train.py (``fnn train``) and the plot it writes (fnn/plot.py).
 
-One real subprocess run of ``python -m fnn train`` (the console entry point end to end) and one on two forced
-host devices; everything else calls ``fnn.cli.main`` in-process, which returns the exit code instead of exiting.
+One real subprocess run of ``python -m fnn train`` (the console entry point end to end) and one process started
+with two forced host devices; everything else calls ``fnn.cli.main`` in-process, which returns the exit code
+instead of exiting.
 """
 
 from __future__ import annotations
@@ -195,22 +196,34 @@ def test_devices_more_than_exist_is_a_one_line_error(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def _two_devices(tmp_path, *argv):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    return subprocess.run(
-        [sys.executable, "-m", "fnn", "train", "--devices", "2", "--epochs", "2", "--no-progress",
-         "--out", str(tmp_path / "r"), *argv],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
+#: ``fnn.cli.main`` on each argv of ``sys.argv[1]`` (JSON) in turn, in one process: its exit code, stdout and stderr.
+RUN_EACH = """
+import contextlib, io, json, sys
+from fnn import cli
+runs = []
+for argv in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(argv)
+    runs.append({"code": code, "out": out.getvalue(), "err": err.getvalue()})
+print(json.dumps(runs))
+"""
 
 
 def test_train_on_two_forced_host_devices(tmp_path):
-    proc = _two_devices(tmp_path)
+    """Both runs in one process started with two host devices (each process pays JAX's start and compiles)."""
+    common = ["train", "--devices", "2", "--epochs", "2", "--no-progress"]
+    argvs = [[*common, "--out", str(tmp_path / "r")], [*common, "--out", str(tmp_path / "odd"), "--batch-size", "33"]]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    proc = subprocess.run([sys.executable, "-c", RUN_EACH, json.dumps(argvs)], capture_output=True, text=True,
+                          env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert re.fullmatch(r"test accuracy: 0\.\d{4}", proc.stdout.strip().splitlines()[-1])
-    proc = _two_devices(tmp_path / "odd", "--batch-size", "33")
-    assert proc.returncode == 2
-    assert "--batch-size 33 must be divisible by --devices 2" in one_error_line(proc.stderr)
+    ok, odd = json.loads(proc.stdout)
+    assert ok["code"] == 0, ok["err"]
+    assert re.fullmatch(r"test accuracy: 0\.\d{4}", ok["out"].strip().splitlines()[-1])
+    assert odd["code"] == 2
+    assert "--batch-size 33 must be divisible by --devices 2" in one_error_line(odd["err"])
+    assert not (tmp_path / "odd").exists()
 
 
 # --- write_history and fnn/plot.py --------------------------------------------------------------------------
