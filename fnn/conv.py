@@ -19,18 +19,21 @@ Backward, written out from that sum (δ = dL/dz = ``act.backward(z, y, g)``)::
 
 and ``dx`` is ``dx̄`` without its padding.
 
-How each formula is evaluated, and why (measured in ``docs/conv_scan.md``, jax 0.10.2 on CPU):
+How each formula is evaluated, and why (jax 0.10.2 on CPU; ``docs/conv_scan.md`` and ``benchmarks/cnn.py``):
 
-* ``z``: ``lax.conv_general_dilated`` with ``("NHWC", "HWIO", "NHWC")`` and explicit ``(lo, hi)`` padding.
-* ``dw``: im2col + one GEMM: the ``kh·kw`` strided views of ``x̄`` stacked into patches ``P (N·Ho·Wo, kh·kw·C)``
-  and ``dw = Pᵀ δ``. A convolution with swapped batch and feature axes computes the same sum, but inside
-  ``lax.scan`` (where ``fnn.fit`` runs every step) XLA's CPU backend leaves such a convolution in a
-  non-canonical layout, off its fast path, and the step gets 4× slower; the GEMM is on the fast path
-  everywhere (46 ms vs 335 ms a step in that note's CNN).
+* ``z``: im2col + one GEMM: the ``kh·kw`` strided views of ``x̄`` stacked into patches ``P (N·Ho·Wo, kh·kw·C)``,
+  ``z = P · w.reshape(kh·kw·C, F)``; ``P`` is kept for the backward pass. The forward is the same sum as
+  ``lax.conv_general_dilated`` (the tests compare them), but ``jax.grad`` of that primitive inside
+  ``lax.scan`` (where ``fnn.fit`` runs every step) leaves its backward convolutions in a non-canonical layout,
+  off XLA's CPU fast path: ``fit(grads="autodiff")`` of the example CNN ran ~10x slower than with this
+  forward, whose autodiff is GEMMs.
+* ``dw = Pᵀ δ``: one GEMM on the forward's patches. The same sum as a convolution with swapped batch and
+  feature axes is what falls off the fast path inside ``lax.scan`` (4x slower steps in that note's CNN).
 * ``dx``: ``lax.conv_general_dilated`` of δ dilated by the strides (``lhs_dilation``) with the spatially flipped
   kernel, input and output channels swapped, padded by ``kh - 1 - lo`` above and ``kh - 1 - hi + r`` below
   (``r`` = the rows of ``x̄`` no window reads) — a canonical NHWC/HWIO convolution, fast in and out of scans.
-* per-example ``dw_n = P_nᵀ δ_n`` from the same patches: one batched GEMM.
+  (The alternative, ``δ wᵀ`` scattered back by col2im, measured ~20% slower per training step.)
+* per-example ``dw_n = P_nᵀ δ_n``: one batched GEMM on patches rebuilt from the trace's input.
 
 ``Flatten`` is NHWC row-major: ``y[n, (h·W + w)·C + c] = x[n, h, w, c]``; its backward is the inverse reshape.
 """
@@ -117,13 +120,8 @@ def Conv2D(filters: int, kernel_size, *, stride=1, padding="SAME", activation="i
             grads = {"w": (aux["columns"].T @ d2).reshape(kh, kw, c, filters)}
             if "b" in p:
                 grads["b"] = jnp.sum(d2, axis=0)
-            import os
-            if os.environ.get("FNN_DXCOL"):
-                dcols = (d2 @ p["w"].reshape(kh * kw * c, filters).T).reshape(n, ho, wo, kh * kw, c)
-                dx = _windows.unpatch(dcols, geo)
-            else:
-                flipped = jnp.transpose(p["w"][::-1, ::-1], (0, 1, 3, 2))  # (kh, kw, F, C)
-                dx = lax.conv_general_dilated(delta, flipped, (1, 1), dx_pads, lhs_dilation=(sh, sw),
+            flipped = jnp.transpose(p["w"][::-1, ::-1], (0, 1, 3, 2))  # (kh, kw, F, C)
+            dx = lax.conv_general_dilated(delta, flipped, (1, 1), dx_pads, lhs_dilation=(sh, sw),
                                           dimension_numbers=_DIMS)
             return grads, dx, {"z": z, "delta": delta}
 

@@ -98,7 +98,8 @@ GEOMETRIES.update({
 })
 LOSS_OF = {name: SPARSE_CE for name in GEOMETRIES}
 LOSS_OF.update({"pools": "mse", "overlapping-pools": "categorical_cross_entropy",
-                "odd-valid-pools": "binary_cross_entropy", "with-dense-dropout-residual": "sigmoid_binary_cross_entropy"})
+                "odd-valid-pools": "binary_cross_entropy",
+                "with-dense-dropout-residual": "sigmoid_binary_cross_entropy"})
 KEY = jax.random.key(3)
 
 
