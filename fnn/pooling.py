@@ -9,7 +9,8 @@ padded as ``fnn._windows`` describes (default ``"VALID"``). With ``P[n,u,v,k,c]`
     AvgPool2D:  y[n,u,v,c] = Σ_k P[n,u,v,k,c] / (kh·kw)                   (padding counts as zeros)
                 dP[n,u,v,k,c] = g[n,u,v,c] / (kh·kw)
 
-and ``dx`` adds every window's ``dP`` back where it was read (``fnn._windows.unpatch``; overlapping windows sum).
+and ``dx`` adds every window's ``dP`` back where it was read (``fnn._windows.unwindows``; overlapping windows
+sum). Tiling windows (the default 2x2 pool of an even image) are cut out by a reshape instead of strided slices.
 
 **Ties** in a max-pool window route the whole δ to one winner, the first maximum in row-major order (the
 lowest ``k``: top row first, then leftmost), never split. The forward is written as that argmax followed by a
@@ -61,7 +62,7 @@ def MaxPool2D(window, stride=None, padding="VALID") -> Spec:
 
     def make(geo):
         def forward(p, x, ctx):
-            cols = jnp.moveaxis(_windows.patches(_windows.pad(x, geo, -jnp.inf), geo), 3, -1)  # (N,Ho,Wo,C,K)
+            cols = jnp.moveaxis(_windows.windows(x, geo, -jnp.inf), 3, -1)  # (N,Ho,Wo,C,K)
             winner = jnp.argmax(cols, axis=-1)
             return jnp.take_along_axis(cols, winner[..., None], axis=-1)[..., 0], {"winner": winner}
 
@@ -69,7 +70,7 @@ def MaxPool2D(window, stride=None, padding="VALID") -> Spec:
             k = geo.window[0] * geo.window[1]
             positions = jnp.arange(k).reshape(1, 1, 1, 1, k)
             routed = jnp.where(aux["winner"][..., None] == positions, g[..., None], jnp.zeros((), g.dtype))
-            return {}, _windows.unpatch(jnp.moveaxis(routed, -1, 3), geo), {}
+            return {}, _windows.unwindows(jnp.moveaxis(routed, -1, 3), geo), {}
 
         return forward, backward
 
@@ -92,11 +93,11 @@ def AvgPool2D(window, stride=None, padding="VALID") -> Spec:
         k = geo.window[0] * geo.window[1]
 
         def forward(p, x, ctx):
-            return jnp.sum(_windows.patches(_windows.pad(x, geo), geo), axis=3) / jnp.asarray(k, x.dtype), {}
+            return jnp.sum(_windows.windows(x, geo), axis=3) / jnp.asarray(k, x.dtype), {}
 
         def backward(p, x, y, aux, g, ctx, at_z):
             share = jnp.broadcast_to((g / jnp.asarray(k, g.dtype))[:, :, :, None, :], (*g.shape[:3], k, g.shape[3]))
-            return {}, _windows.unpatch(share, geo), {}
+            return {}, _windows.unwindows(share, geo), {}
 
         return forward, backward
 

@@ -89,6 +89,8 @@ GEOMETRIES.update({
                L.AvgPool2D(2, padding="SAME"), L.Flatten(), L.Dense(4)], (11, 9, 3)),
     "overlapping-pools": ([L.Conv2D(3, 3, activation="elu"), L.MaxPool2D(3, stride=2, padding="SAME"),
                            L.AvgPool2D((2, 3), stride=1, padding=1), L.Flatten(), L.Dense(4)], (10, 9, 2)),
+    "tiling-pools": ([L.Conv2D(3, 3, activation="softplus"), L.MaxPool2D(2), L.AvgPool2D((2, 3)), L.Flatten(),
+                      L.Dense(4)], (8, 12, 2)),  # windows that tile the image: the reshape path
     "odd-valid-pools": ([L.MaxPool2D(2, stride=1), L.Conv2D(2, 3, padding="VALID", bias=False),
                          L.MaxPool2D(3, padding="VALID"), L.Flatten(), L.Dense(4)], (9, 9, 1)),
     "with-dense-dropout-residual": ([L.Conv2D(3, 3, activation="relu"), L.Dropout(0.25),
@@ -143,7 +145,8 @@ def test_conv_forward_equals_lax_conv(float64, kernel, stride, padding):
                                atol=1e-12)
 
 
-@pytest.mark.parametrize(("window", "stride", "padding"), [(2, None, "VALID"), (3, 2, "SAME"), (3, 1, "VALID"),
+@pytest.mark.parametrize(("window", "stride", "padding"), [(2, None, "VALID"), ((3, 2), None, "VALID"),
+                                                           (3, 2, "SAME"), (3, 1, "VALID"),
                                                            ((2, 3), (1, 2), "SAME"), (3, 2, 1)])
 def test_pool_forwards_equal_reduce_window(float64, window, stride, padding):
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 9, 8, 3)))
