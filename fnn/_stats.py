@@ -260,7 +260,8 @@ def delta_spread(
     """How the error terms ``delta_l = dL/dz_l`` of each layer are spread over examples and units.
 
     Args:
-      deltas: a :class:`fnn.Trace` (its ``delta``) or a list of ``(N, n_l)`` arrays.
+      deltas: a :class:`fnn.Trace` (its ``delta``) or a list of ``(N, n_l)`` arrays (a Conv2D layer's
+        ``(N, H, W, C)`` delta counts as one row of ``H·W·C`` entries per example).
       quantiles: quantiles of the entries to report, each in ``[0, 1]``.
       per_example: multiply by ``N``, so each row is ``dℓ_n/dz_l`` of its own example's loss (the trace holds
         the error terms of the batch-mean loss, ``dℓ_n/dz_l / N``).
@@ -271,19 +272,21 @@ def delta_spread(
       examples of ``‖delta_n‖``); ``quantiles`` ``(L, Q)`` of the entries and ``q`` the levels ``(Q,)``.
 
     Raises:
-      ValueError: arrays that are not 2-D, batch sizes that differ, quantiles outside ``[0, 1]``.
+      ValueError: arrays without a batch axis and entries, batch sizes that differ, quantiles outside ``[0, 1]``.
     """
     arrays = deltas.delta if hasattr(deltas, "delta") else deltas
     arrays = [np.asarray(d, np.float64) for d in _layers(arrays, "deltas")]
     q = np.asarray(quantiles, np.float64).ravel()
     if q.size == 0 or np.any((q < 0) | (q > 1)):
         raise ValueError(f"quantiles must be numbers in [0, 1], got {list(quantiles)}.")
-    n = arrays[0].shape[0] if arrays[0].ndim == 2 else None
+    n = arrays[0].shape[0] if arrays[0].ndim >= 2 else None
     for l, d in enumerate(arrays):
-        if d.ndim != 2:
-            raise ValueError(f"deltas: layer {l} has shape {d.shape}; expected (batch, n_{l}).")
+        if d.ndim < 2:
+            raise ValueError(f"deltas: layer {l} has shape {d.shape}; expected (batch, n_{l}) or images "
+                             f"(batch, H, W, C).")
         if d.shape[0] != n:
             raise ValueError(f"deltas: layer {l} has batch {d.shape[0]}, layer 0 has {n}.")
+    arrays = [d.reshape(n, -1) for d in arrays]  # a conv layer's delta image: one row per example
     scale = float(n) if per_example else 1.0
     arrays = [d * scale for d in arrays]
     return {

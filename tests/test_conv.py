@@ -292,6 +292,12 @@ def test_trace_holds_images_and_per_example_grads_equal_vmap_of_grad(float64):
 
     want = jax.vmap(one)(x, y)
     assert_tree_rel(per, want, 1e-10, "per-example")
+    norms = fnn.stats.example_norms(per)  # the research statistics take conv layers as they are
+    np.testing.assert_allclose(norms[:, 0], np.sqrt(np.sum(np.asarray(per[0]["w"]) ** 2, axis=(1, 2, 3, 4))
+                                                    + np.sum(np.asarray(per[0]["b"]) ** 2, axis=1)), rtol=1e-12)
+    spread = fnn.stats.delta_spread(trace)  # a delta image is one row of H·W·C entries per example
+    d0 = np.asarray(conv.values["delta"]).reshape(4, -1) * 4
+    np.testing.assert_allclose(spread["row_norm_median"][0], np.median(np.linalg.norm(d0, axis=1)), rtol=1e-12)
     assert_tree_rel(jax.tree_util.tree_map(lambda t: t.mean(0), per), grads, 1e-12, "mean of per-example")
 
 
