@@ -12,7 +12,7 @@ Every gradient comes from the layers' hand-written backward passes (``fnn.conv``
 gradient as im2col(x)ᵀ δ, the input gradient as a convolution of the dilated δ with the flipped kernel, each
 max-pool delta routed to its window's maximum.
 
-Run:  python examples/fashion_cnn.py [--epochs 8] [--limit N] [--data-dir DIR] [--grads autodiff]
+Run:  python examples/fashion_cnn.py [--epochs 8] [--limit N] [--test-limit N] [--data-dir DIR] [--grads autodiff]
 """
 
 import argparse
@@ -34,10 +34,13 @@ def make_net(filters=(32, 64), hidden: int = 128, dropout: float = 0.3) -> fnn.N
 
 
 def main(data_dir: str | None = None, epochs: int = 8, limit: int | None = None, seed: int = 0,
-         batch_size: int = 128, learning_rate: float = 2e-3, grads: str = "manual") -> float:
+         batch_size: int = 128, learning_rate: float = 2e-3, grads: str = "manual",
+         test_limit: int | None = None) -> float:
     (x_train, y_train), (x_test, y_test) = fnn.fashion_mnist(data_dir, flatten=False)  # (n, 28, 28, 1) in [0, 1]
     if limit is not None:
         x_train, y_train = x_train[:limit], y_train[:limit]
+    if test_limit is not None:
+        x_test, y_test = x_test[:test_limit], y_test[:test_limit]
     mean, std = float(x_train.mean()), float(x_train.std())
     x_train, x_test = (x_train - mean) / np.float32(std), (x_test - mean) / np.float32(std)
     print(f"data: {x_train.shape[0]} training and {x_test.shape[0]} test images of shape {x_train.shape[1:]}")
@@ -68,9 +71,10 @@ if __name__ == "__main__":
     parser.add_argument("--data-dir", default=None, help="IDX folder (default /usr/share/datasets/fashion-mnist)")
     parser.add_argument("--epochs", type=int, default=8, help="epochs (default 8)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N training images")
+    parser.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test images only")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3, help="Adam's initial learning rate (default 2e-3)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--grads", choices=("manual", "autodiff"), default="manual")
     args = parser.parse_args()
-    main(args.data_dir, args.epochs, args.limit, args.seed, args.batch_size, args.lr, args.grads)
+    main(args.data_dir, args.epochs, args.limit, args.seed, args.batch_size, args.lr, args.grads, args.test_limit)

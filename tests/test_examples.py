@@ -47,7 +47,7 @@ def last_number(pattern: str, text: str) -> float:
 
 def test_every_example_is_tested():
     tested = {"seed_iris.py", "nielsen_mnist.py", "nielsen_network2.py", "fashion_mnist.py", "per_example_grads.py",
-              "ensemble.py"}
+              "ensemble.py", "fashion_cnn.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} <= tested
 
 
@@ -111,6 +111,13 @@ def test_nielsen_network2_trains_with_and_without_the_penalty():
 def test_fashion_mnist():
     out = run_example("fashion_mnist.py", "--epochs", "1", "--limit", "2000")
     assert re.search(r"time: [\d.]+ s for 1 epochs", out)
+    assert last_number(r"final test accuracy: ([\d.]+)", out) > 0.5
+
+
+@needs_fashion
+def test_fashion_cnn():
+    out = run_example("fashion_cnn.py", "--epochs", "1", "--limit", "1024", "--test-limit", "500")
+    assert "images of shape (28, 28, 1)" in out and re.search(r"time: [\d.]+ s for 1 epochs", out)
     assert last_number(r"final test accuracy: ([\d.]+)", out) > 0.5
 
 
