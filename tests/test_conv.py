@@ -208,8 +208,7 @@ def test_max_pool_tie_goes_whole_to_the_first_maximum_in_row_major_order(float64
 
 # --- finite differences, float32, eager, hypothesis --------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["conv-SAME-s2-c3", "conv-1-s1-c1", "pools", "overlapping-pools",
-                                  "with-dense-dropout-residual"])
+@pytest.mark.parametrize("name", ["conv-1-s1-c1", "pools", "overlapping-pools", "with-dense-dropout-residual"])
 def test_finite_differences_on_a_covering_subset(float64, name):
     net, loss = build(name)
     params, x, y = problem(net, loss, 3, seed=2)
@@ -218,7 +217,7 @@ def test_finite_differences_on_a_covering_subset(float64, name):
     assert sum(r.checked for r in report.rows if r.pair == "manual~fd") == 10
 
 
-@pytest.mark.parametrize("name", ["conv-VALID-s2-c3", "pools"])
+@pytest.mark.parametrize("name", ["pools"])  # Conv2D with strides (1, 1) and (2, 1), max- and average pooling
 def test_float32_gradients_within_the_error_model(name):
     net, loss = build(name, jnp.float32)
     params, x, y = problem(net, loss, 4, seed=4, dtype=jnp.float32)
@@ -227,7 +226,7 @@ def test_float32_gradients_within_the_error_model(name):
     assert {"manual~float64", "autodiff~float64"} <= {r.pair for r in report.rows}
 
 
-@pytest.mark.parametrize("name", ["conv-SAME-s1-c1", "overlapping-pools"])
+@pytest.mark.parametrize("name", ["pools"])  # eager dispatch compiles every op on its own: one covering case
 def test_eager_equals_jit(float64, name):
     net, loss = build(name)
     params, x, y = problem(net, loss, 2, seed=5)
@@ -285,12 +284,10 @@ def test_trace_holds_images_and_per_example_grads_equal_vmap_of_grad(float64):
     assert conv.values["z"].shape == conv.values["delta"].shape == conv.grad.shape == (4, 11, 9, 4)
     assert trace.layers[1].output.shape == (4, 5, 4, 4)  # the max-pool, its delta image beside it
     assert trace.layers[1].grad.shape == (4, 5, 4, 4)
-    per = fnn.per_example_grads(net, params, x, y, loss)
-
     def one(xi, yi):
         return fnn.autodiff(net, params, xi[None], yi[None], loss)[1]
 
-    want = jax.vmap(one)(x, y)
+    per, want = jax.jit(lambda x, y: (fnn.per_example_grads(net, params, x, y, loss), jax.vmap(one)(x, y)))(x, y)
     assert_tree_rel(per, want, 1e-10, "per-example")
     norms = fnn.stats.example_norms(per)  # the research statistics take conv layers as they are
     np.testing.assert_allclose(norms[:, 0], np.sqrt(np.sum(np.asarray(per[0]["w"]) ** 2, axis=(1, 2, 3, 4))
