@@ -554,8 +554,11 @@ _PARALLEL_SCRIPT = textwrap.dedent("""
 
 
 def test_fit_and_sgd_step_on_two_devices_with_dropout_equal_one_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
-               JAX_ENABLE_X64="1")
+    # One process with two host devices, compiled as the matrix is (FAST_COMPILE's options as XLA flags): both
+    # sides of each comparison run in that process, compiled alike.
+    flags = "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0 " \
+            "--xla_cpu_use_fusion_emitters=false"
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu", JAX_ENABLE_X64="1")
     proc = subprocess.run([sys.executable, "-c", _PARALLEL_SCRIPT], env=env, capture_output=True, text=True,
                           timeout=240, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -9,7 +9,10 @@ run in subprocesses (``tests/parallel_worker.py``) whose JSON the tests read:
 * two processes on localhost (gloo CPU collectives), 2 host devices each, each feeding its half of every
   batch: the params equal one process training on the whole batch.
 
-Both are started together, once per session, with a timeout so a hang fails instead of blocking CI.
+Both are started together, once per session, with a timeout so a hang fails instead of blocking CI. The
+one-process worker compiles as tests/test_layers.py compiles its matrix (XLA's CPU backend at optimisation level 0,
+no fusion emitters: less than half the time, nearly all of it compiling): each of its checks compares two runs
+in that process, compiled alike. The two-process run keeps the default compiler: it is compared with this process.
 """
 
 from __future__ import annotations
@@ -36,9 +39,16 @@ TIMEOUT = 240  # seconds per subprocess (about 15 s each on an idle 2-core machi
 NUM_PROCESSES = 2
 
 
-def _env(device_count: int, **extra: str) -> dict:
+#: test_layers' FAST_COMPILE compile options, as XLA flags for a whole worker process.
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+
+
+def _env(device_count: int, *, fast_compile: bool = False, **extra: str) -> dict:
     env = dict(os.environ)
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={device_count}", JAX_PLATFORMS="cpu", **extra)
+    flags = f"--xla_force_host_platform_device_count={device_count}"
+    if fast_compile:
+        flags += f" {FAST_COMPILE_FLAGS}"
+    env.update(XLA_FLAGS=flags, JAX_PLATFORMS="cpu", **extra)
     return env
 
 
@@ -81,7 +91,7 @@ def runs(tmp_path_factory):
                   FNN_PROCESS_ID=str(i)))
         for i in range(NUM_PROCESSES)
     ]
-    single = _Run("single", tmp / "single.json", _env(4))
+    single = _Run("single", tmp / "single.json", _env(4, fast_compile=True))
     yield {"single": single, "hosts": hosts}
     for run in [single, *hosts]:
         if run.proc.poll() is None:
