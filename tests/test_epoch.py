@@ -41,6 +41,11 @@ def test_epoch_order_refuses_bad_n(n):
 
 # --- the chunked epoch is one scan over the permuted set ---------------------------------------------------
 
+#: As in tests/test_layers.py (XLA's CPU backend at optimisation level 0, no fusion emitters): both layouts are
+#: compiled alike, and compiling, not running, is what these tests spend their time on.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
+
+
 def _single_scan_epoch(update, n, batch_size, strict):
     """The reference layout: the whole permuted set gathered at once and scanned step by step."""
 
@@ -68,9 +73,10 @@ def test_chunked_epoch_equals_one_scan_over_the_permuted_set(chunk_bytes, strict
     x = jnp.asarray(rng.normal(size=(n, 12)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 10, n), jnp.int32)
     update = _epoch.make_update(net, fnn.losses.get(SPARSE_CE), "manual", None)
-    got = jax.jit(_epoch.make_epoch(update, n, batch_size, strict=strict, unroll=1, chunk_bytes=chunk_bytes))(
-        params, (), x, y, jax.random.key(3), 0.1)
-    want = jax.jit(_single_scan_epoch(update, n, batch_size, strict))(params, (), x, y, jax.random.key(3), 0.1)
+    args = params, (), x, y, jax.random.key(3), 0.1
+    chunked = _epoch.make_epoch(update, n, batch_size, strict=strict, unroll=1, chunk_bytes=chunk_bytes)
+    got = jax.jit(chunked).lower(*args).compile(FAST_COMPILE)(*args)
+    want = jax.jit(_single_scan_epoch(update, n, batch_size, strict)).lower(*args).compile(FAST_COMPILE)(*args)
     assert got[2].shape == (23,)
     assert_tree_equal(got, want)
 
