@@ -105,20 +105,25 @@ def test_matrix_float64_manual_equals_autodiff_and_fd(hidden, output, loss, x64)
                 assert all(not np.any(np.asarray(g)) for layer in manual[:-1] for g in layer.values())
 
 
+#: As in tests/test_layers.py: XLA's CPU backend at optimisation level 0, no fusion emitters (for the one
+#: program per activation below, where manual and autodiff are compiled alike).
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
+
+
 @pytest.mark.parametrize("hidden", ACTS)
 def test_matrix_jit_float32(hidden, x64):
     """Under jax.jit, float32, depth 2, batch 7, every row with this hidden activation in ONE compile (compile
-    time, not arithmetic, dominates on CPU): manual == autodiff at the float32 tolerance, and both == the
-    eager float64 manual gradient of the same (upcast) params to float32 accuracy."""
+    time, not arithmetic, dominates on CPU; FAST_COMPILE): manual == autodiff at the float32 tolerance, and both ==
+    the eager float64 manual gradient of the same (upcast) params to float32 accuracy."""
     rows = [row for row in MATRIX if row[0] == hidden]
     cases = [make_case(h, o, l, 2, 7, dtype=jnp.float32, seed=3) for h, o, l in rows]
 
-    @jax.jit
     def all_rows(args):
         return [(fnn.backprop(net, p, x, y, loss), fnn.autodiff(net, p, x, y, loss))
                 for (_, _, loss), (net, *_), (p, x, y) in zip(rows, cases, args, strict=True)]
 
-    results = all_rows([case[1:] for case in cases])
+    args = [case[1:] for case in cases]
+    results = jax.jit(all_rows).lower(args).compile(FAST_COMPILE)(args)
     tol = tolerance(jnp.float32)
     up = lambda t: t.astype(jnp.float64) if jnp.issubdtype(t.dtype, jnp.floating) else t
     for (h, o, loss), (net, p32, x32, y32), ((v32, manual), (v_auto, auto)) in zip(rows, cases, results, strict=True):
