@@ -67,16 +67,6 @@ def rel_err(g, ref):
     return 0.0 if scale == 0 else float(np.linalg.norm(g - ref) / scale)
 
 
-def central_differences(net, params, x, y, loss, h):
-    """(L(θ + h e_i) - L(θ - h e_i)) / 2h for every coordinate i, in the params' dtype: one batch of 2n perturbed
-    losses, run eagerly. (`finite_difference_grads` gives the same numbers from a program compiled for each
-    network; op by op, the 104 networks of one shape share their compiled operations, which is much faster here.)"""
-    theta, unravel = ravel_pytree(params)
-    steps = h * jnp.eye(theta.size, dtype=theta.dtype)
-    losses = jax.vmap(lambda t: fnn.objective(net, loss)(unravel(t), x, y))
-    return unravel((losses(theta + steps) - losses(theta - steps)) / (2 * h))
-
-
 print(f"{len(ACTIVATIONS)} activations × {len(LOSSES)} losses; finite-difference steps {STEP}")
 
 
@@ -90,9 +80,9 @@ print(f"{len(ACTIVATIONS)} activations × {len(LOSSES)} losses; finite-differenc
 # numbers* (float32 params, inputs and targets, also held in float64), so the float64 manual gradient is the exact
 # answer for the float32 run.
 #
-# Finite differences (`central_differences` above, the numbers of `fnn.gradcheck.finite_difference_grads`, in the
-# params' dtype) run in float64 only, as `fnn.gradcheck` runs them: they check the *formulas*, and in float32 they
-# measure mostly their own rounding (shown for one row after the maps).
+# Finite differences (`fnn.gradcheck.finite_difference_grads`, in the params' dtype) run in float64 only, as
+# `fnn.gradcheck` runs them: they check the *formulas*, and in float32 they measure mostly their own rounding
+# (shown for one row after the maps).
 
 # %%
 kx, ky, kb, kp = jax.random.split(jax.random.key(0), 4)
@@ -129,16 +119,13 @@ for i, act in enumerate(ACTIVATIONS):
             grads[dt] = flat(manual), flat(auto)
             errors[f"{dt}: manual~jax.grad"][i, j] = rel_err(*grads[dt])
             if dt == "float64":
-                fd = central_differences(net, params, x, y, loss, STEP[dt])
+                fd = finite_difference_grads(net, params, x, y, loss, eps=STEP[dt])
                 errors["float64: manual~finite diff."][i, j] = rel_err(grads[dt][0], flat(fd))
         exact = grads["float64"][0]  # the float64 manual gradient on the float32 run's numbers
         manual32[act, loss] = grads["float32"][0]
         errors["float32: manual vs exact"][i, j] = rel_err(grads["float32"][0], exact)
         autodiff_f32_vs_exact[i, j] = rel_err(grads["float32"][1], exact)
 print(f"{len(ACTIVATIONS) * len(LOSSES)} pairs × 2 dtypes in {time.perf_counter() - t:.1f} s")
-# The notebook's central differences are fnn's own: checked on the last pair (its float64 run, the last one).
-fd_fnn = finite_difference_grads(net, params, x, y, loss, eps=STEP["float64"])
-assert net.dtype == jnp.float64 and np.abs(flat(fd_fnn) - flat(fd)).max() < 1e-12
 
 # %%
 fig = Figure(figsize=(15, 10), layout="constrained")
@@ -164,7 +151,7 @@ assert errors["float32: manual vs exact"].max() < 1e-5 and autodiff_f32_vs_exact
 fd32 = {}
 for loss in LOSSES:
     net = fnn.mlp([3, 3, 3], hidden="tanh", output=fnn.losses.natural_output(loss) or "tanh", dtype=jnp.float32)
-    fd = central_differences(net, P32, X, targets(loss, jnp.float32), loss, STEP["float32"])
+    fd = finite_difference_grads(net, P32, X, targets(loss, jnp.float32), loss, eps=STEP["float32"])
     fd32[loss] = rel_err(manual32["tanh", loss], flat(fd))
 print("float32 finite differences vs manual, tanh row:", ", ".join(f"{k} {v:.0e}" for k, v in fd32.items()))
 # The noisy leg is finite differences: far worse than the float32 manual pass against the exact answer.
