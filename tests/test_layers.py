@@ -1,12 +1,13 @@
 """Tests for fnn/layers.py and fnn/_layer.py: every layer's hand-written backward pass inside ``fnn.serial`` nets.
 
-* The matrix (``CASES`` × every loss × batch 1 and 7): every layer kind (Dense with and without bias and several
-  activations, an Activation layer and a bare activation name, Dropout 0 and 0.3 in training mode with a key,
-  Residual with 1 and 2 inner layers and a nested one with dropout inside), alone where that makes sense and
-  between Dense layers, with the output as a Dense activation or as a trailing Activation layer (softmax for
-  mse/quadratic). Float64: ``fnn.backprop`` == ``fnn.autodiff`` to 1e-10; float32: each manual leaf within
-  ``fnn.gradcheck.error_bound`` of the float64 autodiff leaf (scaled as gradcheck does); and the same under
-  ``jax.vmap`` over 3 stacked members. One ``jax.jit`` per (loss, batch): compiles dominate on CPU.
+* The matrix (``CASES`` × every loss at batch 7, and at batch 1 with three losses: ``MATRIX_RUNS``): every layer
+  kind (Dense with and without bias and several activations, an Activation layer and a bare activation name,
+  Dropout 0 and 0.3 in training mode with a key, Residual with 1 and 2 inner layers and a nested one with dropout
+  inside), alone where that makes sense and between Dense layers, with the output as a Dense activation or as a
+  trailing Activation layer (softmax for mse/quadratic). Float64: ``fnn.backprop`` == ``fnn.autodiff`` to 1e-10;
+  float32: each manual leaf within ``fnn.gradcheck.error_bound`` of the float64 autodiff leaf (scaled as gradcheck
+  does); and the same under ``jax.vmap`` over 3 stacked members. One ``jax.jit`` per (loss, batch): compiles
+  dominate on CPU.
 * Finite differences (``fnn.gradcheck``, few coordinates) on a subset covering every layer kind and every loss;
   eager (no jit) on a few cases.
 * The fused closed form with a trailing activation layer, hypothesis stacks, mlp ≡ serial, dropout's masks and
@@ -111,6 +112,11 @@ VMAP_CASES = {("dense_mixed", "dense"), ("activation_layer", "layer"), ("dropout
 #: saved); manual and autodiff are compiled alike.
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 KEY = jax.random.key(42)  # the dropout key of the matrix (training mode for every case)
+#: (loss, batch) of the matrix: every loss at batch 7; at batch 1 (a one-row batch meets the loss's mean and the
+#: shapes, not a layer's rule) the fused softmax with labels, the fused sigmoid, and mse through the trailing
+#: softmax layer. Every loss at batch 1 is in test_backprop.py's matrix.
+MATRIX_RUNS = [(loss, 7) for loss in LOSSES] + [(loss, 1) for loss in ("sparse_categorical_cross_entropy",
+                                                                       "binary_cross_entropy", "mse")]
 
 
 def problem(net, loss, batch, seed):
@@ -134,8 +140,7 @@ def assert_close(got, want, depth: int, what: str, rtol: float = 1e-10):
 
 # --- the matrix: manual == autodiff, float64 and float32, jitted and vmapped ------------------------------------
 
-@pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize(("loss", "batch"), MATRIX_RUNS, ids=[f"{loss}-{batch}" for loss, batch in MATRIX_RUNS])
 def test_every_layer_manual_equals_autodiff(float64, loss, batch):
     nets = [build(h, loss, f) for h, f in CASES]
     data = [problem(net, loss, batch, seed) for seed, net in enumerate(nets)]
