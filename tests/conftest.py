@@ -61,21 +61,29 @@ def _atomic_cache_writes() -> bool:
     return True
 
 
-if _atomic_cache_writes():
-    _OWN_CACHE = _CACHE_ENV not in os.environ
-    if _OWN_CACHE:
-        os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="fnn-tests-xla-cache-")
-    _CACHE_DIR = os.environ[_CACHE_ENV]
-else:
-    _OWN_CACHE, _CACHE_DIR = True, tempfile.mkdtemp(prefix="fnn-tests-xla-cache-")
-jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # most compiles here take well under 1 s
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+_OWN_CACHE: str | None = None  # the directory this process made (and removes), if it made one
+
+
+def pytest_configure(config):
+    """Before anything is compiled (and, in the xdist controller, before the workers start, so that they inherit
+    the directory): point JAX at the session's cache."""
+    global _OWN_CACHE
+    if _atomic_cache_writes():
+        if _CACHE_ENV not in os.environ:
+            _OWN_CACHE = os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="fnn-tests-xla-cache-")
+        cache_dir = os.environ[_CACHE_ENV]
+    else:
+        cache_dir = _OWN_CACHE = tempfile.mkdtemp(prefix="fnn-tests-xla-cache-")
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # most compiles here take well under 1 s
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def pytest_unconfigure(config):
-    if _OWN_CACHE:
-        shutil.rmtree(_CACHE_DIR, ignore_errors=True)
+    if _OWN_CACHE is not None:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+        if os.environ.get(_CACHE_ENV) == _OWN_CACHE:
+            del os.environ[_CACHE_ENV]
 
 
 settings.register_profile("fnn", deadline=None, max_examples=25, derandomize=True, print_blob=True)
