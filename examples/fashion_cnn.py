@@ -12,7 +12,7 @@ Every gradient comes from the layers' hand-written backward passes (``fnn.conv``
 gradient as im2col(x)ᵀ δ, the input gradient as a convolution of the dilated δ with the flipped kernel, each
 max-pool delta routed to its window's maximum.
 
-Run:  python examples/fashion_cnn.py [--epochs 8] [--limit N] [--test-limit N] [--data-dir DIR] [--grads autodiff]
+Run:  python examples/fashion_cnn.py [--epochs 6] [--limit N] [--test-limit N] [--data-dir DIR] [--grads autodiff]
 """
 
 import argparse
@@ -33,7 +33,7 @@ def make_net(filters=(32, 64), hidden: int = 128, dropout: float = 0.3) -> fnn.N
                       L.Dropout(dropout), L.Dense(10, activation="softmax"), input_shape=(28, 28, 1))
 
 
-def main(data_dir: str | None = None, epochs: int = 8, limit: int | None = None, seed: int = 0,
+def main(data_dir: str | None = None, epochs: int = 6, limit: int | None = None, seed: int = 0,
          batch_size: int = 128, learning_rate: float = 2e-3, grads: str = "manual",
          test_limit: int | None = None) -> float:
     (x_train, y_train), (x_test, y_test) = fnn.fashion_mnist(data_dir, flatten=False)  # (n, 28, 28, 1) in [0, 1]
@@ -69,7 +69,7 @@ def main(data_dir: str | None = None, epochs: int = 8, limit: int | None = None,
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=None, help="IDX folder (default /usr/share/datasets/fashion-mnist)")
-    parser.add_argument("--epochs", type=int, default=8, help="epochs (default 8)")
+    parser.add_argument("--epochs", type=int, default=6, help="epochs (default 6)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N training images")
     parser.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test images only")
     parser.add_argument("--batch-size", type=int, default=128)
