@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["pair", "padding_config", "Geometry", "geometry", "patches", "unpatch", "windows", "unwindows",
-           "image_shape"]
+__all__ = ["pair", "padding_config", "Geometry", "geometry", "pad", "patches", "unpatch", "tiles", "windows",
+           "unwindows", "image_shape"]
 
 
 def pair(kind: str, name: str, value) -> tuple[int, int]:

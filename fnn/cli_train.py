@@ -303,12 +303,12 @@ def run(args: argparse.Namespace) -> int:
     classes = int(max(y_train.max(), y_test.max())) + 1
     if not loss.sparse:
         y_train, y_test = fnn.one_hot(y_train, classes), fnn.one_hot(y_test, classes)
-    sizes = [x_train.shape[1], *config["hidden"], classes]
+    features = "x".join(map(str, x_train.shape[1:]))  # 64, or 8x8x1 for images
     if config["model"] == "cnn":
         net = make_cnn(x_train.shape[1:], config["hidden"], classes, config["activation"], output, config["dropout"])
-        shape = "x".join(map(str, x_train.shape[1:]))
-        sizes = f"cnn {shape} -> conv {'/'.join(map(str, CNN_FILTERS))} -> {config['hidden'] + [classes]}"
+        sizes = f"cnn {features} -> conv {'/'.join(map(str, CNN_FILTERS))} -> {config['hidden'] + [classes]}"
     else:
+        sizes = [x_train.shape[1], *config["hidden"], classes]
         net = make_net(sizes, config["activation"], output, config["dropout"])
     penalty = make_penalty(config)
     if args.resume is not None:
@@ -327,7 +327,6 @@ def run(args: argparse.Namespace) -> int:
         records["network"] = net.describe()
         write_json(out / "config.json", {**config, **records})
         lr_note = f" ({config['optimizer']}'s default)" if lr_default else ""
-        features = "x".join(map(str, x_train.shape[1:]))
         print(f"data: {config['dataset']}, {x_train.shape[0]} train / {x_test.shape[0]} test examples, "
               f"{features} features, {classes} classes{' (standardized)' if config['standardize'] else ''}")
         extras = "".join(f", {name} {config[name]:g}" for name in ("dropout", "l1", "l2") if config[name])

@@ -103,7 +103,7 @@ def Conv2D(filters: int, kernel_size, *, stride=1, padding="SAME", activation="i
             return p
 
         def columns(x):
-            return _windows.patches(_windows.pad(x, geo), geo).reshape(x.shape[0] * ho * wo, kh * kw * c)
+            return _windows.windows(x, geo).reshape(x.shape[0] * ho * wo, kh * kw * c)
 
         def forward(p, x, ctx):
             cols = columns(x)

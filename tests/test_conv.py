@@ -89,6 +89,8 @@ GEOMETRIES.update({
                L.AvgPool2D(2, padding="SAME"), L.Flatten(), L.Dense(4)], (11, 9, 3)),
     "overlapping-pools": ([L.Conv2D(3, 3, activation="elu"), L.MaxPool2D(3, stride=2, padding="SAME"),
                            L.AvgPool2D((2, 3), stride=1, padding=1), L.Flatten(), L.Dense(4)], (10, 9, 2)),
+    "conv-tiling": ([L.Conv2D(3, 2, stride=2, padding="VALID", activation="tanh"), L.Conv2D(2, (2, 3), stride=(2, 3)),
+                     L.Flatten(), L.Dense(4)], (8, 12, 2)),  # kernels that tile the image: the reshape path
     "tiling-pools": ([L.Conv2D(3, 3, activation="softplus"), L.MaxPool2D(2), L.AvgPool2D((2, 3)), L.Flatten(),
                       L.Dense(4)], (8, 12, 2)),  # windows that tile the image: the reshape path
     "odd-valid-pools": ([L.MaxPool2D(2, stride=1), L.Conv2D(2, 3, padding="VALID", bias=False),
