@@ -14,7 +14,7 @@ Protocol (every function is pure and traceable)::
         # g = dL/dy (the upstream gradient); with at_z=True (only for the output layer of a fused
         # output/loss pair) g is already dL/dz of the layer's activation. grads has the structure of params,
         # dx = dL/dx, values = the layer's entries of the trace ("z", "delta" = dL/dz, "mask", "layers").
-    per_example(params, trace, n) -> per-example grads (leading batch axis), or None: no per-example form
+    factors(params, trace) -> {leaf: fnn._factors.Factor}   # each example's gradient, factored; None: no form
 
 Layers are counted from 0; a nested layer's key is ``fold_in(parent key, index)``, so every dropout layer at
 path ``3.1`` has its own stream.
@@ -32,8 +32,8 @@ import numpy as np
 
 from fnn._types import Array, PRNGKey
 
-__all__ = ["Context", "Spec", "Layer", "LayerTrace", "forward", "backward", "per_example", "layer_context",
-           "positive_int", "no_params", "no_per_example"]
+__all__ = ["Context", "Spec", "Layer", "LayerTrace", "forward", "backward", "factors", "layer_context",
+           "positive_int", "no_params", "no_factors"]
 
 
 class Context(NamedTuple):
@@ -82,7 +82,9 @@ class Layer:
       activation: the layer's activation record (Dense, Activation) or None; the output layer's activation is
         the one fused with a cross-entropy loss.
       param_shapes: the shape of every leaf, in the layout of the layer's params.
-      init, forward, backward, per_example: the protocol functions (module docstring).
+      init, forward, backward, factors: the protocol functions (module docstring); ``factors`` is None for a
+        layer whose examples interact (no per-example gradient exists); a block's (``children``) come from its
+        inner layers' (its trace's ``"layers"``).
       stochastic: needs a key in training mode (dropout).
       children: the bound inner layers of a block (Residual), else ().
     """
@@ -96,7 +98,7 @@ class Layer:
     init: Callable
     forward: Callable
     backward: Callable
-    per_example: Callable | None = None
+    factors: Callable | None = None
     stochastic: bool = False
     children: tuple = ()
 
@@ -130,8 +132,8 @@ def no_params(key, dtype):
     return {}
 
 
-def no_per_example(p, trace, n):
-    """``per_example`` of a layer without params."""
+def no_factors(p, trace):
+    """``factors`` of a layer without params."""
     return {}
 
 
@@ -167,16 +169,20 @@ def backward(layers, params, records, g: Array, ctx: Context, *, at_z: bool = Fa
     return grads, g, traces
 
 
-def per_example(layers, params, traces, n: int, prefix: str = "") -> list:
-    """Every layer's per-example gradients from its trace (``n`` = the batch size); ``prefix`` is the path of a
-    parent block (``"3."``).
+def factors(layers, params, traces, what: str, prefix: str = "") -> list:
+    """Every layer's per-example gradient factors (:mod:`fnn._factors`) from its trace, in the structure of
+    params; ``what`` names the quantity asked for in errors, ``prefix`` is the path of a parent block (``"3."``).
 
     Raises:
       ValueError: a layer without a per-example form, named by its path and kind.
     """
     out = []
     for l, (layer, p, t) in enumerate(zip(layers, params, traces, strict=True)):
-        if layer.per_example is None:
-            raise ValueError(f"per_example_grads: layer {prefix}{l} ({layer.kind}) has no per-example form.")
-        out.append(layer.per_example(p, t, n))
+        if layer.children:  # a block: its inner layers' factors, under its path
+            out.append(factors(layer.children, p, t.values["layers"], what, f"{prefix}{l}."))
+        elif layer.factors is None:
+            raise ValueError(f"{what}: layer {prefix}{l} ({layer.kind}) has no per-example gradients (its examples "
+                             f"interact), so {what} is not defined for this network.")
+        else:
+            out.append(layer.factors(p, t))
     return out

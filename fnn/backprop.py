@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn import _layer
+from fnn import _factors, _layer
 from fnn import losses as _losses
 from fnn import penalties as _penalties
 from fnn._types import Array, ArrayLike, Grads, Params, PRNGKey
@@ -237,8 +237,10 @@ def per_example_grads(net: Network, params: Params, x: ArrayLike, y: ArrayLike, 
     """Gradients of each example's own loss, from one batched backward pass.
 
     Every loss is a mean over the batch, so ``delta_l[n] = dℓ_n/dz_l[n] / N``; each Dense layer's per-example
-    gradient is the outer product ``N · a_{l-1}[n] ⊗ delta_l[n]`` (and ``N · delta_l[n]`` for the bias);
-    Residual blocks recurse into their inner layers; layers without params give ``{}``. Equal to ``jax.vmap``
+    gradient is the outer product ``N · a_{l-1}[n] ⊗ delta_l[n]`` (and ``N · delta_l[n]`` for the bias), a
+    Conv2D's the same summed over output positions (:mod:`fnn._factors`); Residual blocks recurse into their
+    inner layers; layers without params give ``{}``. (:mod:`fnn.curvature` uses BackPACK's scaling instead:
+    ``∇ℓ_n / N``, so that the examples' gradients sum to the batch gradient.) Equal to ``jax.vmap``
     of per-example autodiff with each example as a batch of one (with dropout: the same masks, by row).
 
     Returns:
@@ -248,7 +250,9 @@ def per_example_grads(net: Network, params: Params, x: ArrayLike, y: ArrayLike, 
       ValueError: a layer without a per-example form (named by its index and kind).
     """
     _, _, trace = backprop(net, params, x, y, loss, key=key, train=train, return_trace=True)
-    return _layer.per_example(net.layers, params, trace.layers, trace.x.shape[0])
+    n = trace.x.shape[0]
+    tree = _layer.factors(net.layers, params, trace.layers, "per_example_grads")
+    return jax.tree_util.tree_map(lambda f: _factors.per_example(f) * n, tree)
 
 
 def _key_cotangent(key):

@@ -33,7 +33,8 @@ How each formula is evaluated, and why (jax 0.10.2 on CPU; ``docs/conv_scan.md``
   kernel, input and output channels swapped, padded by ``kh - 1 - lo`` above and ``kh - 1 - hi + r`` below
   (``r`` = the rows of ``x̄`` no window reads) — a canonical NHWC/HWIO convolution, fast in and out of scans.
   (The alternative, ``δ wᵀ`` scattered back by col2im, measured ~20% slower per training step.)
-* per-example ``dw_n = P_nᵀ δ_n``: one batched GEMM on patches rebuilt from the trace's input.
+* per-example ``dw_n = P_nᵀ δ_n``: factored as the patches rebuilt from the trace's input and δ
+  (:mod:`fnn._factors`; per-example gradients are one batched GEMM of the two).
 
 ``Flatten`` is NHWC row-major: ``y[n, (h·W + w)·C + c] = x[n, h, w, c]``; its backward is the inverse reshape.
 """
@@ -48,6 +49,7 @@ from jax import lax
 from fnn import _layer, _windows
 from fnn import activations as _activations
 from fnn import initializers as _initializers
+from fnn._factors import Factor
 from fnn._layer import Spec
 
 __all__ = ["Conv2D", "Flatten"]
@@ -125,16 +127,16 @@ def Conv2D(filters: int, kernel_size, *, stride=1, padding="SAME", activation="i
                                           dimension_numbers=_DIMS)
             return grads, dx, {"z": z, "delta": delta}
 
-        def per_example(p, trace, n):
-            delta = trace.values["delta"].reshape(n, ho * wo, filters) * n
-            cols = columns(trace.input).reshape(n, ho * wo, kh * kw * c)
-            grads = {"w": jnp.einsum("npk,npf->nkf", cols, delta).reshape(n, kh, kw, c, filters)}
+        def factors(p, trace):
+            n = trace.input.shape[0]
+            delta = trace.values["delta"].reshape(n, ho * wo, filters)
+            out = {"w": Factor(columns(trace.input).reshape(n, ho * wo, kh * kw * c), delta, (kh, kw, c, filters))}
             if "b" in p:
-                grads["b"] = jnp.sum(delta, axis=1)
-            return grads
+                out["b"] = Factor(None, delta, (filters,))
+            return out
 
         return _layer.Layer("Conv2D", config, (h, w, c), (ho, wo, filters), act, shapes, init_fn, forward, backward,
-                            per_example)
+                            factors)
 
     return Spec("Conv2D", config, bind)
 
@@ -153,7 +155,7 @@ def Flatten() -> Spec:
             return {}, g.reshape(x.shape), {}
 
         return _layer.Layer("Flatten", {}, tuple(shape), (size,), None, {}, _layer.no_params, forward, backward,
-                            _layer.no_per_example)
+                            _layer.no_factors)
 
     return Spec("Flatten", {}, bind)
 

@@ -43,6 +43,7 @@ import numpy as np
 from fnn import _layer
 from fnn import activations as _activations
 from fnn import initializers as _initializers
+from fnn._factors import Factor
 from fnn._layer import Spec
 from fnn.conv import Conv2D, Flatten
 from fnn.pooling import AvgPool2D, MaxPool2D
@@ -103,14 +104,14 @@ def Dense(units: int, activation="identity", *, bias: bool = True, init="glorot_
                 grads["b"] = jnp.sum(delta, axis=0)
             return grads, delta @ p["w"].T, {"z": z, "delta": delta}
 
-        def per_example(p, trace, n):
-            delta = trace.values["delta"] * n
-            grads = {"w": trace.input[:, :, None] * delta[:, None, :]}
+        def factors(p, trace):
+            delta = trace.values["delta"]
+            out = {"w": Factor.dense(trace.input, delta, (n_in, units))}
             if "b" in p:
-                grads["b"] = delta
-            return grads
+                out["b"] = Factor.dense(None, delta, (units,))
+            return out
 
-        return _layer.Layer("Dense", config, shape, (units,), act, shapes, init_fn, forward, backward, per_example)
+        return _layer.Layer("Dense", config, shape, (units,), act, shapes, init_fn, forward, backward, factors)
 
     return Spec("Dense", config, bind)
 
@@ -131,7 +132,7 @@ def Activation(activation) -> Spec:
             return {}, delta, {"z": x, "delta": delta}
 
         return _layer.Layer("Activation", {"activation": act.name}, shape, shape, act, {}, _layer.no_params, forward,
-                            backward, _layer.no_per_example)
+                            backward, _layer.no_factors)
 
     return Spec("Activation", {"activation": act.name}, bind)
 
@@ -173,7 +174,7 @@ def Dropout(rate: float) -> Spec:
             return {}, g * aux["scale"], {"mask": aux["keep"]}
 
         return _layer.Layer("Dropout", {"rate": rate}, shape, shape, None, {}, _layer.no_params, forward, backward,
-                            _layer.no_per_example, stochastic=rate > 0)
+                            _layer.no_factors, stochastic=rate > 0)
 
     return Spec("Dropout", {"rate": rate}, bind)
 
@@ -216,11 +217,8 @@ def Residual(*layers) -> Spec:
             grads, dx, traces = _layer.backward(inner, p, aux["records"], g, ctx)
             return grads, g + dx, {"layers": traces}
 
-        def per_example(p, trace, n):
-            return _layer.per_example(inner, p, trace.values["layers"], n, f"{where}.")
-
         return _layer.Layer("Residual", {"layers": specs}, shape, shape, None, [lay.param_shapes for lay in inner],
-                            init_fn, forward, backward, per_example, any(lay.stochastic for lay in inner), inner)
+                            init_fn, forward, backward, None, any(lay.stochastic for lay in inner), inner)
 
     return Spec("Residual", {"layers": specs}, bind)
 

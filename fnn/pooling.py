@@ -42,7 +42,7 @@ def _pool(kind: str, window, stride, padding, make) -> Spec:
         geo = _windows.geometry(kind, where, (h, w), (kh, kw), (sh, sw), padding)
         forward, backward = make(geo)
         return _layer.Layer(kind, config, (h, w, c), (*geo.out, c), None, {}, _layer.no_params, forward, backward,
-                            _layer.no_per_example)
+                            _layer.no_factors)
 
     return Spec(kind, config, bind)
 

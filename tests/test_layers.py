@@ -728,7 +728,7 @@ def _without_per_example(spec: L.Spec) -> L.Spec:
     import dataclasses
 
     return L.Spec(spec.kind, spec.config, lambda shape, where: dataclasses.replace(spec.bind(shape, where),
-                                                                                  per_example=None))
+                                                                                  factors=None))
 
 
 @pytest.mark.parametrize("nested", [False, True])
@@ -739,6 +739,6 @@ def test_per_example_grads_names_a_layer_without_a_per_example_form(nested):
     params = net.init(jax.random.key(0))
     x, y = jnp.ones((4, 3)), jnp.array([0, 1, 0, 1])
     where = r"layer 1\.0 \(Dense\)" if nested else r"layer 1 \(Dense\)"
-    with pytest.raises(ValueError, match=rf"per_example_grads: {where} has no per-example form"):
+    with pytest.raises(ValueError, match=rf"per_example_grads: {where} has no per-example gradients"):
         fnn.per_example_grads(net, params, x, y, SPARSE_CE)
     fnn.backprop(net, params, x, y, SPARSE_CE)  # the batch gradient does not need it
