@@ -6,7 +6,7 @@ Networks are pure functions over parameter pytrees (``net.init(key) -> params``,
 whole epochs compiled as one ``lax.scan``.
 """
 
-from fnn import activations, checkpoint, data, initializers, layers, losses, parallel, penalties, stats
+from fnn import activations, checkpoint, curvature, data, initializers, layers, losses, parallel, penalties, stats
 from fnn.backprop import Trace, autodiff, backprop, manual_apply, manual_objective, objective, per_example_grads
 from fnn.checkpoint import Checkpoint, load, save
 from fnn.data import (
@@ -46,6 +46,7 @@ __all__ = [
     "autodiff",
     "backprop",
     "checkpoint",
+    "curvature",
     "data",
     "digits",
     "epoch_order",

@@ -145,6 +145,27 @@ def make_case(hidden, output, loss, depth: int, batch: int, *, dtype, seed: int 
     return net, params, x, y
 
 
+def first_order_reference(net, params, x, y, loss, *, key=None, penalty=None) -> dict:
+    """fnn.curvature's first-order quantities from materialised per-example gradients: ``jax.vmap`` of
+    ``jax.grad`` on each example alone (with its dropout row), scaled by ``1/N`` as BackPACK scales them."""
+    from fnn import _layer
+    from fnn.backprop import autodiff_in
+
+    tree_map = jax.tree_util.tree_map
+    n = x.shape[0]
+    loss, pen = fnn.losses.get(loss), fnn.penalties.get(penalty)
+
+    def one(xi, yi, row):
+        ctx = _layer.Context(key is not None, key, None, row[None])
+        return autodiff_in(net, params, xi[None], yi[None], loss, ctx, pen)[1]
+
+    g = tree_map(lambda t: t / n, jax.vmap(one)(x, y, jnp.arange(n, dtype=jnp.int32)))
+    return {"batch_l2_grad": tree_map(lambda t: jnp.sum(t.reshape(n, -1) ** 2, axis=1), g),
+            "sum_grad_squared": tree_map(lambda t: jnp.sum(t**2, axis=0), g),
+            "variance": tree_map(lambda t: jnp.var(t, axis=0), g),
+            "grad": tree_map(lambda t: jnp.sum(t, axis=0), g)}
+
+
 # --- shared builders for the training tests ---------------------------------------------------------------
 
 SPARSE_CE = "sparse_categorical_cross_entropy"

@@ -95,6 +95,21 @@ def single(out: str) -> None:
         pp, ps, _ = par(pp, ps, x[16 * k:16 * (k + 1)], y[16 * k:16 * (k + 1)])
     result["step_adam_4"] = {"params": rel_err(pp, rp), "opt_state": rel_err(ps, rs)}
 
+    # fnn.curvature, float64: per-device partial sums psum-ed (and per-example norms kept by row) vs one device,
+    # on a net with dropout in training mode (masks by global row) and an L2 penalty
+    L = fnn.layers
+    net_d = fnn.serial(L.Dense(8, "tanh"), L.Dropout(0.3), L.Residual(L.Dense(8, "sigmoid")), L.Dense(SIZES[-1]),
+                       "softmax", input_shape=(SIZES[0],))
+    params_d = net_d.init(jax.random.key(3))
+    kw = dict(key=jax.random.key(4), penalty=fnn.penalties.l2(0.05))
+    one = fnn.curvature.first_order(net_d, params_d, xb, yb, LOSS, **kw)
+    for devices in (2, 4):
+        sharded = fnn.curvature.first_order(net_d, params_d, xb, yb, LOSS, devices=devices, **kw)
+        result[f"curvature_{devices}"] = {q: rel_err(sharded[q], one[q]) for q in one}
+    result["curvature_keys"] = sorted(one)
+    result["error_curvature_indivisible"] = _error(
+        lambda: fnn.curvature.batch_l2_grad(net_d, params_d, xb[:10], yb[:10], LOSS, devices=4))
+
     # whole fit, float32: sharded vs unsharded, plain SGD and adam with strict mode
     jax.config.update("jax_enable_x64", False)
     net32, params32 = net_and_params()

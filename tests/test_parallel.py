@@ -4,8 +4,9 @@ Multi-device checks need ``XLA_FLAGS=--xla_force_host_platform_device_count`` se
 run in subprocesses (``tests/parallel_worker.py``) whose JSON the tests read:
 
 * one process with 4 host devices: a sharded step equals the one-device step on the full batch (float64,
-  relative 1e-12) for manual and autodiff grads and with optax adam; a sharded ``fit`` equals an unsharded one
-  (float32); an indivisible batch and too many devices are ``ValueError``s that say why.
+  relative 1e-12) for manual and autodiff grads and with optax adam, and so do fnn.curvature's quantities; a
+  sharded ``fit`` equals an unsharded one (float32); an indivisible batch and too many devices are
+  ``ValueError``s that say why.
 * two processes on localhost (gloo CPU collectives), 2 host devices each, each feeding its half of every
   batch: the params equal one process training on the whole batch.
 
@@ -132,7 +133,17 @@ def test_sharded_strict_fit_diverges_at_the_same_step(runs):
     assert (four["epoch"], four["step"], four["layer"]) == (one["epoch"], one["step"], one["layer"])
 
 
-@pytest.mark.parametrize("where", ["step", "fit"])
+@pytest.mark.parametrize("devices", [2, 4])
+def test_sharded_curvature_equals_one_device_float64(runs, devices):
+    """fnn.curvature.first_order(devices=N): loss, grad, per-example norms (by row) and the psum-ed second
+    moments and variance equal one device on the whole batch, with dropout and a penalty."""
+    got = runs["single"].result()
+    assert got["curvature_keys"] == ["batch_l2_grad", "grad", "loss", "sum_grad_squared", "variance"]
+    errs = got[f"curvature_{devices}"]
+    assert set(errs) == set(got["curvature_keys"]) and all(e <= 1e-12 for e in errs.values()), errs
+
+
+@pytest.mark.parametrize("where", ["step", "fit", "curvature"])
 def test_indivisible_batch_is_a_value_error_naming_both_numbers(runs, where):
     msg = runs["single"].result()[f"error_{where}_indivisible"]
     assert msg is not None and "batch size 10" in msg and "number of devices 4" in msg

@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from conftest import NATURAL_OUTPUT, random_params
+from conftest import NATURAL_OUTPUT, first_order_reference, random_params
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -82,3 +82,29 @@ def test_vmap_init_equals_loop(sizes, members, bias, init, seed):
         for got, want in zip(jax.tree_util.tree_leaves(stacked), jax.tree_util.tree_leaves(member), strict=True):
             assert got.shape == (members, *want.shape)
             np.testing.assert_array_equal(got[i], want)
+
+
+@settings(max_examples=10)
+@given(problems())
+def test_first_order_curvature_on_random_problems(problem):
+    """fnn.curvature's per-example squared norms, second moments and variance equal those of materialised
+    per-example gradients (``jax.vmap`` of ``jax.grad``), and Σ_n ‖g_n‖² is the element sum of Σ_n g_n²."""
+    sizes, acts, loss, bias, x, y, seed = problem
+    with jax.enable_x64(True):
+        net = fnn.mlp(sizes, activations=acts, bias=bias)
+        params = random_params(net, np.random.default_rng(seed))
+        both = jax.jit(lambda p, x, y: (fnn.curvature.first_order(net, p, x, y, loss),
+                                        first_order_reference(net, p, x, y, loss)))
+        args = params, jnp.asarray(x), jnp.asarray(y)
+        got, want = both.lower(*args).compile(FAST_COMPILE)(*args)
+        for q in fnn.curvature.FIRST_ORDER:
+            # the variance is a difference of two moments: its rounding is relative to the second moment
+            scales = jax.tree_util.tree_leaves(want["sum_grad_squared" if q == "variance" else q])
+            for g, w, ref in zip(jax.tree_util.tree_leaves(got[q]), jax.tree_util.tree_leaves(want[q]), scales,
+                                 strict=True):
+                assert g.shape == w.shape and np.all(np.isfinite(g)), (q, problem)
+                scale = float(np.max(np.abs(np.asarray(ref)), initial=0.0))
+                np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-12 * scale + 1e-30, err_msg=q)
+        for s, l2 in zip(jax.tree_util.tree_leaves(got["sum_grad_squared"]),
+                         jax.tree_util.tree_leaves(got["batch_l2_grad"]), strict=True):
+            np.testing.assert_allclose(np.sum(s), np.sum(l2), rtol=1e-12, atol=1e-30)

@@ -104,6 +104,7 @@ LOSS_PATH = {
                                          progress=False),
     "fit_ensemble": lambda p, x, y, loss: fnn.fit_ensemble(NET, _stack(p), (x, y), loss=loss, epochs=1,
                                                            batch_size=2, keys=jax.random.split(KEY, 2)),
+    "curvature": lambda p, x, y, loss: fnn.curvature.first_order(NET, p, x, y, loss),
 }
 
 
@@ -402,6 +403,19 @@ OTHER_ROWS = [
         (r"\(8, 5\)", r"\(8, 6\)")),
     Row("stats", "example_norms: not a pytree of grads", lambda tmp: fnn.stats.example_norms("abc"), TypeError,
         (r"list of per-layer dicts", r"got str")),
+    # first-order curvature (fnn.curvature)
+    Row("curvature", "first_order: unknown quantity",
+        lambda tmp: fnn.curvature.first_order(NET, P, X, Y, SPARSE, quantities=["batch_grad"]), ValueError,
+        (r"Unknown first-order quantities \['batch_grad'\]", r"known: batch_l2_grad, sum_grad_squared, variance")),
+    Row("curvature", "first_order: quantities given as one string",
+        lambda tmp: fnn.curvature.first_order(NET, P, X, Y, SPARSE, quantities="variance"), TypeError,
+        (r"sequence of names", r"'variance'")),
+    Row("curvature", "batch_l2_grad: more devices than exist",
+        lambda tmp: fnn.curvature.batch_l2_grad(NET, P, X, Y, SPARSE, devices=3), ValueError,
+        (r"devices=3", r"JAX sees 1 cpu device")),
+    Row("curvature", "variance: penalty of the wrong type",
+        lambda tmp: fnn.curvature.variance(NET, P, X, Y, SPARSE, penalty=0.1), TypeError,
+        (r"expected None or a Penalty", r"got 0\.1 \(float\)")),
     # registries
     Row("activations", "get: unknown name", lambda tmp: fnn.activations.get("rellu"), ValueError,
         (r"'rellu'", r"Did you mean 'relu'", NAMES + r".*softmax")),
