@@ -1,4 +1,5 @@
-"""Validation of user arrays and of one layer's params (shared by :mod:`fnn.network` and the training checks)."""
+"""Validation of user arrays, of one layer's params and of a network's state (shared by :mod:`fnn.network` and
+the training checks)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["numeric_array", "check_layer_params", "dtype_hint", "path_parts"]
+__all__ = ["numeric_array", "check_layer_params", "dtype_hint", "path_parts", "check_state"]
 
 
 def path_parts(key_path) -> list[str]:
@@ -84,3 +85,35 @@ def check_layer_params(path: str, layer_params, expected) -> None:
             index = "".join(f"[{i}]" for i in path.split("."))
             raise TypeError(f"{_where(path)}: expected {name} of a floating dtype (float16, bfloat16, float32 or "
                             f"float64), got params{index}[{name!r}] of dtype {dtype}{dtype_hint(dtype)}.")
+
+
+def check_state(net, state):
+    """``state`` validated against ``net.init_state()`` (one entry per layer, the same keys and shapes), or
+    None. A net with state requires it; a net without state takes None or its (empty) ``init_state()``.
+
+    Raises:
+      ValueError / TypeError: a missing state for a net with BatchNorm (naming the layer), a state of another
+        network (naming the entry and both shapes).
+    """
+    if state is None:
+        if net.stateful:
+            where = next(str(l) for l, lay in enumerate(net.layers) if lay.init_state is not None)
+            raise ValueError(f"This network has state (layer {where}: {net.layers[int(where)].kind}'s running "
+                             f"statistics), so every call needs state=: start from state = net.init_state() and "
+                             f"pass the state each training-mode call returns.")
+        return None
+    want = jax.eval_shape(net.init_state)
+    if not isinstance(state, (list, tuple)) or len(state) != len(want):
+        got = f"{len(state)} entries" if isinstance(state, (list, tuple)) else f"a {type(state).__name__}"
+        raise TypeError(f"state must be a list with one entry per layer ({len(want)}; {{}} for a layer without "
+                        f"state), as net.init_state() gives; got {got}.")
+    flat_want, tree_want = jax.tree_util.tree_flatten_with_path(want)
+    flat_got, tree_got = jax.tree_util.tree_flatten_with_path(list(state))
+    if tree_got != tree_want:
+        raise ValueError(f"state does not match the network's: expected the structure of net.init_state() "
+                         f"{tree_want}, got {tree_got}.")
+    for (path, w), (_, g) in zip(flat_want, flat_got, strict=True):
+        if np.shape(g) != w.shape:
+            name = ".".join(path_parts(path))
+            raise ValueError(f"state entry {name} has shape {np.shape(g)}, expected {w.shape}.")
+    return list(state)

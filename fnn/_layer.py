@@ -15,6 +15,11 @@ Protocol (every function is pure and traceable)::
         # output/loss pair) g is already dL/dz of the layer's activation. grads has the structure of params,
         # dx = dL/dx, values = the layer's entries of the trace ("z", "delta" = dL/dz, "mask", "layers").
     factors(params, trace) -> {leaf: fnn._factors.Factor}   # each example's gradient, factored; None: no form
+    init_state(dtype) -> state                       # only for layers with state (BatchNorm's running statistics)
+
+A layer with state reads its own entry as ``ctx.state`` in ``forward`` and returns the updated entry as
+``aux["state"]`` (the same entry when nothing changes); :func:`new_state` collects them into the next state, one
+entry per layer (``{}`` for a layer without state, a list for a block), like params.
 
 Layers are counted from 0; a nested layer's key is ``fold_in(parent key, index)``, so every dropout layer at
 path ``3.1`` has its own stream.
@@ -33,7 +38,7 @@ import numpy as np
 from fnn._types import Array, PRNGKey
 
 __all__ = ["Context", "Spec", "Layer", "LayerTrace", "forward", "backward", "factors", "layer_context",
-           "positive_int", "no_params", "no_factors"]
+           "positive_int", "no_params", "no_factors", "init_state", "new_state", "check_factors"]
 
 
 class Context(NamedTuple):
@@ -46,12 +51,15 @@ class Context(NamedTuple):
       rows: the global index of each example of the batch within its mini-batch, ``(batch,)`` int32; dropout
         masks are drawn per row from ``fold_in(key, row)`` so a sharded batch gets the masks of the whole one.
         None means ``arange(batch)``.
+      state: the network's state (one entry per layer) in a call; inside a layer's ``forward``, that layer's own
+        entry (:func:`forward` hands each layer its entry). None for a network without state.
     """
 
     train: bool = False
     key: PRNGKey | None = None
     axis_name: str | None = None
     rows: Array | None = None
+    state: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +95,8 @@ class Layer:
         inner layers' (its trace's ``"layers"``).
       stochastic: needs a key in training mode (dropout).
       children: the bound inner layers of a block (Residual), else ().
+      init_state: ``init_state(dtype) -> state`` for a layer with state (BatchNorm; a block with such inner
+        layers), else None (its state entry is ``{}``).
     """
 
     kind: str
@@ -101,6 +111,7 @@ class Layer:
     factors: Callable | None = None
     stochastic: bool = False
     children: tuple = ()
+    init_state: Callable | None = None
 
     def __repr__(self) -> str:
         if self.children:
@@ -144,14 +155,28 @@ def layer_context(ctx: Context, index: int) -> Context:
     return ctx._replace(key=jax.random.fold_in(ctx.key, index))
 
 
+def init_state(layers, dtype) -> list:
+    """The initial state of ``layers``: one entry per layer, ``{}`` for a layer without state."""
+    return [{} if layer.init_state is None else layer.init_state(dtype) for layer in layers]
+
+
 def forward(layers, params, x: Array, ctx: Context):
-    """Run ``layers`` in order; return ``(y, records)`` with ``records[l] = (input, output, aux)``."""
+    """Run ``layers`` in order; return ``(y, records)`` with ``records[l] = (input, output, aux)``. With
+    ``ctx.state`` (one entry per layer) each layer sees its own entry as ``ctx.state``."""
     records = []
     for l, (layer, p) in enumerate(zip(layers, params, strict=True)):
-        y, aux = layer.forward(p, x, layer_context(ctx, l))
+        lctx = layer_context(ctx, l)
+        if ctx.state is not None:
+            lctx = lctx._replace(state=ctx.state[l])
+        y, aux = layer.forward(p, x, lctx)
         records.append((x, y, aux))
         x = y
     return x, records
+
+
+def new_state(records, state) -> list:
+    """The state after a forward pass: each layer's ``aux["state"]``, or its entry of ``state`` unchanged."""
+    return [aux.get("state", s) for (_, _, aux), s in zip(records, state, strict=True)]
 
 
 def backward(layers, params, records, g: Array, ctx: Context, *, at_z: bool = False):
@@ -169,6 +194,21 @@ def backward(layers, params, records, g: Array, ctx: Context, *, at_z: bool = Fa
     return grads, g, traces
 
 
+def check_factors(layers, what: str, prefix: str = "") -> None:
+    """Raise the ValueError of :func:`factors` before anything is computed, for a layer without factors."""
+    for l, layer in enumerate(layers):
+        if layer.children:
+            check_factors(layer.children, what, f"{prefix}{l}.")
+        elif layer.factors is None:
+            raise ValueError(_no_factors(what, f"{prefix}{l}", layer.kind))
+
+
+def _no_factors(what: str, path: str, kind: str) -> str:
+    why = " through the batch statistics" if kind == "BatchNorm" else ""
+    return (f"{what}: layer {path} ({kind}) has no per-example gradients (its examples interact{why}), so {what} "
+            f"is not defined for this network.")
+
+
 def factors(layers, params, traces, what: str, prefix: str = "") -> list:
     """Every layer's per-example gradient factors (:mod:`fnn._factors`) from its trace, in the structure of
     params; ``what`` names the quantity asked for in errors, ``prefix`` is the path of a parent block (``"3."``).
@@ -181,8 +221,7 @@ def factors(layers, params, traces, what: str, prefix: str = "") -> list:
         if layer.children:  # a block: its inner layers' factors, under its path
             out.append(factors(layer.children, p, t.values["layers"], what, f"{prefix}{l}."))
         elif layer.factors is None:
-            raise ValueError(f"{what}: layer {prefix}{l} ({layer.kind}) has no per-example gradients (its examples "
-                             f"interact), so {what} is not defined for this network.")
+            raise ValueError(_no_factors(what, f"{prefix}{l}", layer.kind))
         else:
             out.append(layer.factors(p, t))
     return out

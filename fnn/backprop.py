@@ -37,7 +37,7 @@ from fnn import _factors, _layer
 from fnn import losses as _losses
 from fnn import penalties as _penalties
 from fnn._types import Array, ArrayLike, Grads, Params, PRNGKey
-from fnn.network import Network, check_input, check_params, context, numeric_array
+from fnn.network import Network, check_input, check_params, check_state, context, numeric_array
 
 __all__ = [
     "Trace", "backprop", "autodiff", "objective", "per_example_grads", "manual_apply", "manual_objective",
@@ -51,7 +51,10 @@ class Trace(NamedTuple):
     Attributes:
       x: the input batch ``(batch, *input_shape)`` (the input of layer 0).
       layers: per layer: ``input``, ``output``, ``grad`` (= dL/d(output); dL/dz at a fused output layer) and
-        ``values`` (Dense/Activation: ``"z"``, ``"delta"``; Dropout: ``"mask"``; Residual: ``"layers"``).
+        ``values`` (Dense/Activation: ``"z"``, ``"delta"``; Dropout: ``"mask"``; Residual: ``"layers"``;
+        LayerNorm/BatchNorm: ``"x_hat"``, ``"mean"``, ``"var"``).
+      state: the network's state after the pass (BatchNorm's updated running statistics in training mode) when
+        the call was given ``state=``, else None.
 
     ``z``, ``a`` and ``delta`` are lists over layers: for ``fnn.mlp`` networks the pre-activations ``z[l]``,
     activations ``a[l] = f_l(z[l])`` and error terms ``delta[l] = dL/dz[l]``; layer ``l``'s input is ``x`` for
@@ -61,6 +64,7 @@ class Trace(NamedTuple):
 
     x: Array
     layers: list
+    state: list | None = None
 
     @property
     def z(self) -> list:
@@ -139,7 +143,8 @@ def backprop_in(net: Network, params: Params, x2: Array, y2: Array, loss: _losse
     if penalty is not None:
         grads = jax.tree_util.tree_map(lambda g, d: g + d.astype(g.dtype), grads, penalty.grad(params))
     value = _penalised(penalty, params, value)
-    return value, grads, dx, Trace(x2, traces)
+    state = None if ctx.state is None else _layer.new_state(records, ctx.state)
+    return value, grads, dx, Trace(x2, traces, state)
 
 
 def backprop(
@@ -152,8 +157,9 @@ def backprop(
     key: PRNGKey | None = None,
     train: bool | None = None,
     penalty=None,
+    state=None,
     return_trace: bool = False,
-) -> tuple[Array, Grads] | tuple[Array, Grads, Trace]:
+):
     """Loss and gradients by the hand-written backward pass.
 
     Args:
@@ -166,10 +172,13 @@ def backprop(
       key: a PRNG key: training mode (dropout masks drawn from it; the same key gives the same masks).
       train: force the mode; None means training mode iff ``key`` is given.
       penalty: an :mod:`fnn.penalties` record whose value and hand-written gradient are added.
+      state: the network's state (``net.init_state()`` to start); required for a net with BatchNorm.
       return_trace: also return the :class:`Trace` (every layer's input, output, delta, mask).
 
     Returns:
-      ``(loss_value, grads)`` or ``(loss_value, grads, trace)``; ``grads`` has the structure of ``params``.
+      ``(loss_value, grads)``, with ``state=`` ``(loss_value, grads, new_state)``, and the :class:`Trace` last
+      with ``return_trace``; ``grads`` has the structure of ``params``. ``new_state`` holds BatchNorm's updated
+      running statistics in training mode (the given state in inference mode).
 
     Raises:
       ValueError / TypeError: input or targets that do not fit the network, unknown loss names, training mode
@@ -185,51 +194,66 @@ def backprop(
       (3, 4)
     """
     loss, x2, y2 = prepare(net, params, x, y, loss)
-    ctx = context(net, key, train)
+    ctx = context(net, key, train, state=check_state(net, state))
     value, grads, _, trace = backprop_in(net, params, x2, y2, loss, ctx, _penalties.get(penalty))
-    if return_trace:
-        return value, grads, trace
-    return value, grads
+    out = (value, grads) if state is None else (value, grads, trace.state)
+    return (*out, trace) if return_trace else out
+
+
+def _objective_aux(net: Network, params: Params, x2, y2, loss: _losses.Loss, ctx: _layer.Context, penalty):
+    """``(loss, new_state)``: the new state is None without ``ctx.state``."""
+    out, records = _layer.forward(net.layers, params, x2, ctx)
+    value = loss_value(net, loss, records[-1][2].get("z"), out, y2)
+    return _penalised(penalty, params, value), (None if ctx.state is None else _layer.new_state(records, ctx.state))
 
 
 def _objective_in(net: Network, params: Params, x2, y2, loss: _losses.Loss, ctx: _layer.Context, penalty):
-    out, records = _layer.forward(net.layers, params, x2, ctx)
-    value = loss_value(net, loss, records[-1][2].get("z"), out, y2)
-    return _penalised(penalty, params, value)
+    return _objective_aux(net, params, x2, y2, loss, ctx, penalty)[0]
 
 
 def objective(net: Network, loss, *, penalty=None):
     """The scalar ``(params, x, y, *, key=None, train=None) -> loss`` that :func:`backprop` differentiates, for
     autodiff and checks. Fused pairs are computed from the output pre-activations exactly as in :func:`backprop`;
-    the same key gives the same dropout masks."""
+    the same key gives the same dropout masks. A net with state takes ``state=`` (the state the loss is
+    computed with; its update is dropped: use :func:`backprop` or :func:`autodiff` to get it)."""
     loss_rec = _losses.get(loss)
     pen = _penalties.get(penalty)
     if not isinstance(net, Network):
         raise TypeError(f"Expected a Network (from fnn.mlp or fnn.serial) as net, got {type(net).__name__}.")
 
-    def f(params: Params, x: ArrayLike, y: ArrayLike, *, key: PRNGKey | None = None, train: bool | None = None):
+    def f(params: Params, x: ArrayLike, y: ArrayLike, *, key: PRNGKey | None = None, train: bool | None = None,
+          state=None):
         _, x2, y2 = prepare(net, params, x, y, loss_rec)
-        return _objective_in(net, params, x2, y2, loss_rec, context(net, key, train), pen)
+        return _objective_in(net, params, x2, y2, loss_rec, context(net, key, train, state=check_state(net, state)),
+                             pen)
 
     return f
 
 
 def autodiff_in(net: Network, params: Params, x2: Array, y2: Array, loss: _losses.Loss, ctx: _layer.Context,
                 penalty=None):
-    """``jax.value_and_grad`` of the loss on validated batches in a given context: ``(value, grads)``."""
-    return jax.value_and_grad(_objective_in, argnums=1)(net, params, x2, y2, loss, ctx, penalty)
+    """``jax.value_and_grad`` of the loss on validated batches in a given context: ``(value, grads, new_state)``
+    (``new_state`` None without ``ctx.state``)."""
+    (value, state), grads = jax.value_and_grad(_objective_aux, argnums=1, has_aux=True)(net, params, x2, y2, loss,
+                                                                                         ctx, penalty)
+    return value, grads, state
 
 
 def autodiff(net: Network, params: Params, x: ArrayLike, y: ArrayLike, loss, *, key: PRNGKey | None = None,
-             train: bool | None = None, penalty=None) -> tuple[Array, Grads]:
-    """The reference: ``jax.value_and_grad`` of the same loss :func:`backprop` computes (same key, same masks).
+             train: bool | None = None, penalty=None, state=None):
+    """The reference: ``jax.value_and_grad`` of the same loss :func:`backprop` computes (same key, same masks,
+    the same state).
 
     Returns:
-      ``(loss_value, grads)`` with grads in the structure of ``params``.
+      ``(loss_value, grads)`` with grads in the structure of ``params``; with ``state=`` ``(loss_value, grads,
+      new_state)`` as :func:`backprop`.
     """
-    f = objective(net, loss, penalty=penalty)
+    loss_rec = _losses.get(loss)
     check_params(net, params)  # before jax.grad sees them: integer params would fail inside JAX
-    return jax.value_and_grad(f)(params, x, y, key=key, train=train)
+    _, x2, y2 = prepare(net, params, x, y, loss_rec)
+    ctx = context(net, key, train, state=check_state(net, state))
+    value, grads, new_state = autodiff_in(net, params, x2, y2, loss_rec, ctx, _penalties.get(penalty))
+    return (value, grads) if state is None else (value, grads, new_state)
 
 
 def per_example_grads(net: Network, params: Params, x: ArrayLike, y: ArrayLike, loss, *,
@@ -247,8 +271,10 @@ def per_example_grads(net: Network, params: Params, x: ArrayLike, y: ArrayLike, 
       A pytree like ``params`` whose every leaf has a leading batch axis: ``w`` ``(batch, n_in, n_out)``.
 
     Raises:
-      ValueError: a layer without a per-example form (named by its index and kind).
+      ValueError: a layer without a per-example form (named by its path and kind): BatchNorm, whose examples
+        interact through the batch statistics.
     """
+    _layer.check_factors(net.layers, "per_example_grads")
     _, _, trace = backprop(net, params, x, y, loss, key=key, train=train, return_trace=True)
     n = trace.x.shape[0]
     tree = _layer.factors(net.layers, params, trace.layers, "per_example_grads")
@@ -260,7 +286,8 @@ def _key_cotangent(key):
 
 
 def manual_apply(net: Network):
-    """``apply(params, x, key=None)`` whose ``jax.grad`` runs through the hand-written backward rules.
+    """``apply(params, x, key=None, *, train=None, state=None)`` whose ``jax.grad`` runs through the hand-written
+    backward rules (with ``state=``: ``(output, new_state)``, as ``net.apply``).
 
     A ``jax.custom_vjp`` bridge: the forward pass saves every layer's input, output and aux values, and the
     backward rule runs the generic reverse loop from the upstream cotangent ``dL/d(output)``, exactly as
@@ -275,32 +302,38 @@ def manual_apply(net: Network):
     if not isinstance(net, Network):
         raise TypeError(f"Expected a Network (from fnn.mlp or fnn.serial) as net, got {type(net).__name__}.")
 
-    @jax.custom_vjp
-    def bridge(params: Params, x: ArrayLike, key) -> Array:
-        return net.apply(params, x, key=key)
-
-    def fwd(params, x, key):
+    def run(params, x, key, train, state):
         x2, single = check_input(net, params, x)
-        ctx = context(net, key, None)
+        ctx = context(net, key, train, state=state)
         out, records = _layer.forward(net.layers, params, x2, ctx)
+        y = out[0] if single else out
+        return (y if state is None else (y, _layer.new_state(records, state))), records
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+    def bridge(params: Params, x: ArrayLike, key, train, state):
+        return run(params, x, key, train, state)[0]
+
+    def fwd(params, x, key, train, state):
+        out, records = run(params, x, key, train, state)
         # Residuals must be JAX values: keep x itself (its rank and dtype say how to shape dL/dx), not a bool
         # and a dtype object.
-        return (out[0] if single else out), (params, records, jnp.asarray(x), key)
+        return out, (params, records, jnp.asarray(x), key, state)
 
-    def bwd(res, g):
-        params, records, x, key = res
-        ctx = context(net, key, None)
+    def bwd(train, res, g):
+        params, records, x, key, state = res
+        g = g if state is None else g[0]  # the new state is not differentiated (a running statistic)
+        ctx = context(net, key, train, state=state)
         single = x.ndim == len(net.input_shape)
         grads, dx, _ = _layer.backward(net.layers, params, records, g[None] if single else g, ctx)
         dx = dx[0] if single else dx
         dx = dx.astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.inexact) else _zero_cotangent(x)
-        return grads, dx, _key_cotangent(key)
+        return grads, dx, _key_cotangent(key), jax.tree_util.tree_map(jnp.zeros_like, state)
 
     bridge.defvjp(fwd, bwd)
 
     @functools.wraps(bridge)
-    def apply(params: Params, x: ArrayLike, key: PRNGKey | None = None) -> Array:
-        return bridge(params, x, key)
+    def apply(params: Params, x: ArrayLike, key: PRNGKey | None = None, *, train: bool | None = None, state=None):
+        return bridge(params, x, key, train, check_state(net, state))
 
     return apply
 
@@ -313,7 +346,8 @@ def _zero_cotangent(y):
 
 
 def manual_objective(net: Network, loss, *, penalty=None):
-    """``(params, x, y, key=None) -> loss`` whose ``jax.grad`` with respect to params is the hand-written backprop.
+    """``(params, x, y, key=None, *, train=None, state=None) -> loss`` whose ``jax.grad`` with respect to params is
+    the hand-written backprop (a net with state takes ``state=``; its update is dropped here).
 
     Unlike :func:`manual_apply` it keeps the closed forms of the fused output/loss pairs, and adds ``penalty``'s
     value and hand-written gradient. The cotangent for ``x`` is the manual ``dL/dx``; for ``y`` it is zero
@@ -324,30 +358,36 @@ def manual_objective(net: Network, loss, *, penalty=None):
     if not isinstance(net, Network):
         raise TypeError(f"Expected a Network (from fnn.mlp or fnn.serial) as net, got {type(net).__name__}.")
 
-    @jax.custom_vjp
-    def f(params: Params, x: ArrayLike, y: ArrayLike, key) -> Array:
-        return backprop(net, params, x, y, loss_rec, key=key, penalty=pen)[0]
-
-    def fwd(params, x, y, key):
+    def run(params, x, y, key, train, state):
         _, x2, y2 = prepare(net, params, x, y, loss_rec)
-        value, grads, dx, _ = backprop_in(net, params, x2, y2, loss_rec, context(net, key, None), pen)
+        return backprop_in(net, params, x2, y2, loss_rec, context(net, key, train, state=state), pen)
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+    def f(params: Params, x: ArrayLike, y: ArrayLike, key, train, state) -> Array:
+        return run(params, x, y, key, train, state)[0]
+
+    def fwd(params, x, y, key, train, state):
+        value, grads, dx, _ = run(params, x, y, key, train, state)
         x_arr = jnp.asarray(x)
         dx = dx.reshape(x_arr.shape).astype(x_arr.dtype) if jnp.issubdtype(x_arr.dtype, jnp.inexact) else None
-        return value, (grads, dx, _zero_cotangent(x) if dx is None else None, _zero_cotangent(y), key)
+        return value, (grads, dx, _zero_cotangent(x) if dx is None else None, _zero_cotangent(y), key,
+                       jax.tree_util.tree_map(jnp.zeros_like, state))
 
-    def bwd(res, g):
-        grads, dx, x_zero, y_zero, key = res
+    def bwd(train, res, g):
+        grads, dx, x_zero, y_zero, key, state_zero = res
         scaled = jax.tree_util.tree_map(lambda t: g * t, grads)
-        return scaled, (g * dx if dx is not None else x_zero), y_zero, _key_cotangent(key)
+        return scaled, (g * dx if dx is not None else x_zero), y_zero, _key_cotangent(key), state_zero
 
     f.defvjp(fwd, bwd)
 
     @functools.wraps(f)
-    def checked(params: Params, x: ArrayLike, y: ArrayLike, key: PRNGKey | None = None) -> Array:
+    def checked(params: Params, x: ArrayLike, y: ArrayLike, key: PRNGKey | None = None, *,
+                train: bool | None = None, state=None) -> Array:
         # jax.custom_vjp turns x and y into JAX arrays before fwd runs (int64 -> int32 without x64, objects ->
         # JAX's "Error interpreting argument"): validate the caller's values on the host first.
         prepare(net, params, x, y, loss_rec)
-        context(net, key, None)
-        return f(params, x, y, key)
+        state = check_state(net, state)
+        context(net, key, train)
+        return f(params, x, y, key, train, state)
 
     return checked

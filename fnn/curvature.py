@@ -152,6 +152,7 @@ def first_order(net: Network, params: Params, x: ArrayLike, y: ArrayLike, loss, 
       ((5,), (3, 4))
     """
     wanted = _check_wanted(quantities)
+    _layer.check_factors(net.layers, wanted[0] if wanted else "first_order")
     loss, x2, y2 = prepare(net, params, x, y, loss)
     pen = _penalties.get(penalty)
     ctx = context(net, key, train)

@@ -37,7 +37,7 @@ from fnn import penalties as _penalties
 from fnn._arrays import path_parts
 from fnn._types import ArrayLike, Params, PRNGKey
 from fnn.backprop import autodiff, backprop
-from fnn.network import Network, check_params, param_dtype
+from fnn.network import Network, check_params, check_state, param_dtype
 from fnn.numerical import TaylorResult, central_and_one_sided, finite_difference_grads, fixed_objective, taylor_test
 
 __all__ = ["LeafCheck", "GradcheckReport", "TaylorResult", "gradcheck", "taylor_test", "finite_difference_grads",
@@ -153,16 +153,17 @@ def error_bound(dtype, depth: int) -> float:
     return float(ERROR_MODEL_K * jnp.finfo(dtype).eps * (depth + 1))
 
 
-def scaled_error(got: ArrayLike, reference: ArrayLike, dtype) -> tuple[float, float, float]:
+def scaled_error(got: ArrayLike, reference: ArrayLike, dtype, floor: float = 0.0) -> tuple[float, float, float]:
     """``(max abs error, max abs error / scale, cosine)`` of a ``dtype`` gradient leaf against its float64
-    reference, where ``scale = max(|reference|_∞, tiny_dtype / eps_dtype)``: below ``tiny / eps`` a dtype's
-    gradients are subnormal or close to it and carry no relative precision, so they are judged absolutely."""
+    reference, where ``scale = max(|reference|_∞, tiny_dtype / eps_dtype, floor)``: below ``tiny / eps`` a dtype's
+    gradients are subnormal or close to it and carry no relative precision, so they are judged absolutely.
+    ``floor`` is the magnitude of the terms the leaf's gradient sums (gradcheck passes its layer's scale)."""
     got = np.asarray(got, np.float64).ravel()
     ref = np.asarray(reference, np.float64).ravel()
     if got.size == 0:
         return 0.0, 0.0, 1.0
     info = jnp.finfo(dtype)
-    scale = max(float(np.max(np.abs(ref))), float(info.tiny) / float(info.eps))
+    scale = max(float(np.max(np.abs(ref))), float(info.tiny) / float(info.eps), floor)
     max_abs = float(np.max(np.abs(got - ref)))
     cosine = relative_error(got, ref)[2]
     return max_abs, max_abs / scale, cosine
@@ -200,11 +201,13 @@ def _leaf_names(params: Params):
 
 
 #: Layer kinds whose forward and backward are many small ops (patches, pads): gradcheck compiles such nets whole.
-WINDOWED_KINDS = frozenset({"Conv2D", "MaxPool2D", "AvgPool2D"})
+#: Layer kinds with many distinct ops (eagerly, each one is compiled on its own): a net holding one is checked
+#: with every leg compiled as one program.
+COMPILED_KINDS = frozenset({"Conv2D", "MaxPool2D", "AvgPool2D", "LayerNorm", "BatchNorm"})
 
 
 def _windowed(layers) -> bool:
-    return any(layer.kind in WINDOWED_KINDS or _windowed(layer.children) for layer in layers)
+    return any(layer.kind in COMPILED_KINDS or _windowed(layer.children) for layer in layers)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
@@ -229,6 +232,7 @@ def gradcheck(
     dropout_key: PRNGKey | None = None,
     train: bool | None = None,
     penalty=None,
+    state=None,
 ) -> GradcheckReport:
     """Compare the hand-written gradient with ``jax.grad`` and with central finite differences.
 
@@ -250,8 +254,11 @@ def gradcheck(
         the network's depth).
       dropout_key: the key of training mode (fixed dropout masks, the same in every leg). Default: for a net
         with dropout a key derived from ``key``, so the dropout backward pass is checked; else inference mode.
-      train: force the mode (``False`` checks a net with dropout in inference mode).
+      train: force the mode (``False`` checks a net with dropout in inference mode). Default: training mode
+        for a net with dropout or BatchNorm (the batch-statistics backward pass), else inference mode.
       penalty: an :mod:`fnn.penalties` record, checked with the loss.
+      state: the network's state, required for a net with BatchNorm (the running statistics of inference
+        mode; every leg uses the same state).
 
     Returns:
       A :class:`GradcheckReport`; its ``off`` names the wrong legs when it fails.
@@ -271,27 +278,29 @@ def gradcheck(
     low_precision = dtype != jnp.float64
     rtol = tolerance(jnp.float64) if rtol is None else rtol
     bound = error_bound(dtype, net.num_layers) if bound is None else bound
-    train = net.stochastic if train is None else train
+    train = (net.stochastic or net.stateful) if train is None else train
     if train and dropout_key is None:
         dropout_key = jax.random.fold_in(key, 7)
     mode = {"key": dropout_key if train else None, "train": train, "penalty": _penalties.get(penalty)}
     # Eager dispatch compiles each distinct op once and reuses it across calls (cheap for Dense nets checked
     # over and over); a net of windowed layers has dozens of distinct ops, so it is compiled as one program.
     compiled = _windowed(net.layers)
-    manual_fn, auto_fn = (functools.partial(fn, net, loss=loss, train=train, penalty=mode["penalty"])
+    check_state(net, state)
+    manual_fn, auto_fn = (functools.partial(fn, net, loss=loss, train=train, penalty=mode["penalty"], state=state)
                           for fn in (backprop, autodiff))
     if compiled:
         manual_fn, auto_fn = jax.jit(manual_fn), jax.jit(auto_fn)
-    value, manual = manual_fn(params, x, y, key=mode["key"])
+    value, manual = manual_fn(params, x, y, key=mode["key"])[:2]
     auto = auto_fn(params, x, y, key=mode["key"])[1] if low_precision else None
 
     with jax.enable_x64(True):
         p64, x64 = _to_f64(params), _to_f64(x)
         y64 = jnp.asarray(y) if loss.sparse else _to_f64(y)
-        f = fixed_objective(net, loss, mode["key"], train, mode["penalty"])
+        s64 = _to_f64(state)
+        f = fixed_objective(net, loss, mode["key"], train, mode["penalty"], s64)
         flat, unravel = ravel_pytree(p64)
-        manual64 = np.asarray(ravel_pytree(manual_fn(p64, x64, y64, key=mode["key"])[1])[0])
-        auto64 = np.asarray(ravel_pytree(auto_fn(p64, x64, y64, key=mode["key"])[1])[0])
+        manual64 = np.asarray(ravel_pytree(manual_fn(p64, x64, y64, key=mode["key"], state=s64)[1])[0])
+        auto64 = np.asarray(ravel_pytree(auto_fn(p64, x64, y64, key=mode["key"], state=s64)[1])[0])
         n = flat.shape[0]
         k_sample, k_taylor = jax.random.split(key)
         budget = min(n, 5000) if num_checks is None else min(n, int(num_checks))
@@ -299,7 +308,7 @@ def gradcheck(
                else np.sort(np.asarray(_choice(k_sample, n, (budget,)))))
         fd, kink = central_and_one_sided(lambda t: f(unravel(t), x64, y64), flat, idx, eps, compiled=compiled)
         taylor_result = (taylor_test(net, p64, x64, y64, loss, grads=unravel(jnp.asarray(manual64)), key=k_taylor,
-                                     dropout_key=mode["key"], train=train, penalty=mode["penalty"])
+                                     dropout_key=mode["key"], train=train, penalty=mode["penalty"], state=s64)
                          if taylor else None)
         native = {"manual": np.asarray(ravel_pytree(_to_f64(manual))[0]),
                   "autodiff": np.asarray(ravel_pytree(_to_f64(auto))[0])} if low_precision else {}
@@ -317,12 +326,19 @@ def gradcheck(
     crossed = kink & (np.abs(auto64[idx] - fd) > fd_rtol * np.maximum(np.abs(auto64[idx]) + np.abs(fd), fd_floor))
     idx, fd = idx[~crossed], fd[~crossed]
     rows: list[LeafCheck] = []
-    for (layer, leaf), shape, lo, hi in zip(_leaf_names(params), leaf_shapes, bounds[:-1], bounds[1:], strict=True):
+    names = _leaf_names(params)
+    # A leaf's gradient can cancel to (nearly) zero while the terms it sums do not: a bias before a BatchNorm,
+    # whose gradient is exactly 0, carries rounding of the size of its layer's other gradients. Each leaf's
+    # absolute error model is scaled by the largest gradient of its (top-level) layer.
+    layer_scale: dict = {}
+    for (layer, _), lo, hi in zip(names, bounds[:-1], bounds[1:], strict=True):
+        layer_scale[layer] = max(layer_scale.get(layer, 0.0), float(np.max(np.abs(auto64[lo:hi]), initial=0.0)))
+    for (layer, leaf), shape, lo, hi in zip(names, leaf_shapes, bounds[:-1], bounds[1:], strict=True):
         sel = (idx >= lo) & (idx < hi)
         fd_leaf, pos = fd[sel], idx[sel]
-        # float64 rounding in a deep net leaves a few eps of the leaf's magnitude on every coordinate: small
+        # float64 rounding in a deep net leaves a few eps of the layer's magnitude on every coordinate: small
         # coordinates (cancelling sums) are judged by that absolute error model, large ones at rtol.
-        leaf_scale = float(np.max(np.abs(auto64[lo:hi]), initial=0.0))
+        leaf_scale = layer_scale[layer]
         exact_floor = error_bound(jnp.float64, net.num_layers) * leaf_scale / rtol
         comparisons = [
             ("manual~autodiff", manual64[lo:hi], auto64[lo:hi], rtol, hi - lo, exact_floor),
@@ -333,7 +349,7 @@ def gradcheck(
             max_abs, max_rel, cos = relative_error(a, b, floor)
             rows.append(LeafCheck(layer, leaf, shape, pair, max_abs, max_rel, cos, tol, count))
         for leg, grads in native.items():
-            max_abs, max_rel, cos = scaled_error(grads[lo:hi], auto64[lo:hi], dtype)
+            max_abs, max_rel, cos = scaled_error(grads[lo:hi], auto64[lo:hi], dtype, layer_scale[layer])
             rows.append(LeafCheck(layer, leaf, shape, f"{leg}~float64", max_abs, max_rel, cos, bound, hi - lo))
     failing = sorted({r.layer for r in rows if not r.ok}, reverse=True)
     # θ on a kink: the loss has no derivative there, the remainder is O(h) along most directions for any g, so

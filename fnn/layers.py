@@ -18,6 +18,9 @@ Conv2D         z = conv(x, w) + b, y = f(z)  dw = im2col(x)ᵀ δ, db = Σ δ,  
 MaxPool2D      y = max of each window       δ routed to the window's first maximum           {}
 AvgPool2D      y = mean of each window      g / (kh·kw) to every input of the window         {}
 Flatten        y = x.reshape(N, -1)         dx = g.reshape(x.shape)  (NHWC row-major)        {}
+LayerNorm      y = γ x̂ + β, x̂ over features  dx = (γ/σ)(g − mean g − x̂ mean(g x̂))  (per example) {"scale", "offset"}
+BatchNorm      y = γ x̂ + β, x̂ over batch     the same over the batch (:mod:`fnn.normalization`);  {"scale", "offset"}
+                                            state {"mean", "var"}: running statistics
 =============  ===========================  ==============================================  ======================
 
 Images are NHWC (per-example ``(H, W, C)``); :mod:`fnn.conv` and :mod:`fnn.pooling` write out the formulas.
@@ -46,10 +49,11 @@ from fnn import initializers as _initializers
 from fnn._factors import Factor
 from fnn._layer import Spec
 from fnn.conv import Conv2D, Flatten
+from fnn.normalization import BatchNorm, LayerNorm
 from fnn.pooling import AvgPool2D, MaxPool2D
 
 __all__ = ["Spec", "Dense", "Dropout", "Residual", "Activation", "Conv2D", "MaxPool2D", "AvgPool2D", "Flatten",
-           "as_spec", "from_description", "KINDS"]
+           "LayerNorm", "BatchNorm", "as_spec", "from_description", "KINDS"]
 
 
 def _flat(kind: str, shape: tuple[int, ...], where: str) -> int:
@@ -204,13 +208,17 @@ def Residual(*layers) -> Spec:
             raise ValueError(f"Layer {where} (Residual): its inner layers map the input shape {tuple(shape)} to {s}; "
                              f"x + f(x) needs f to keep the shape (the last inner layer must output {tuple(shape)}).")
         inner = tuple(inner)
+        stateful = any(layer.init_state is not None for layer in inner)
 
         def init_fn(key, dtype):
             keys = jax.random.split(key, len(inner))
             return [layer.init(k, dtype) for layer, k in zip(inner, keys, strict=True)]
 
         def forward(p, x, ctx):
-            fx, records = _layer.forward(inner, p, x, ctx)
+            if stateful:  # ctx.state is this block's entry: one per inner layer
+                fx, records = _layer.forward(inner, p, x, ctx)
+                return x + fx, {"records": records, "state": _layer.new_state(records, ctx.state)}
+            fx, records = _layer.forward(inner, p, x, ctx._replace(state=None))
             return x + fx, {"records": records}
 
         def backward(p, x, y, aux, g, ctx, at_z):
@@ -218,7 +226,8 @@ def Residual(*layers) -> Spec:
             return grads, g + dx, {"layers": traces}
 
         return _layer.Layer("Residual", {"layers": specs}, shape, shape, None, [lay.param_shapes for lay in inner],
-                            init_fn, forward, backward, None, any(lay.stochastic for lay in inner), inner)
+                            init_fn, forward, backward, None, any(lay.stochastic for lay in inner), inner,
+                            (lambda dtype: _layer.init_state(inner, dtype)) if stateful else None)
 
     return Spec("Residual", {"layers": specs}, bind)
 
@@ -241,7 +250,8 @@ def as_spec(value, where: str) -> Spec:
 #: Layer constructors by kind, for :func:`from_description`.
 KINDS: dict[str, Callable[..., Spec]] = {"Dense": Dense, "Activation": Activation, "Dropout": Dropout,
                                          "Residual": Residual, "Conv2D": Conv2D, "MaxPool2D": MaxPool2D,
-                                         "AvgPool2D": AvgPool2D, "Flatten": Flatten}
+                                         "AvgPool2D": AvgPool2D, "Flatten": Flatten, "LayerNorm": LayerNorm,
+                                         "BatchNorm": BatchNorm}
 
 
 def from_description(desc: dict) -> Spec:

@@ -26,10 +26,10 @@ from fnn import _layer
 from fnn import activations as _activations
 from fnn import initializers as _initializers
 from fnn import layers as _layers
-from fnn._arrays import check_layer_params, numeric_array
+from fnn._arrays import check_layer_params, check_state, numeric_array
 from fnn._types import Array, ArrayLike, Params, PRNGKey
 
-__all__ = ["Network", "mlp", "serial", "forward", "from_description", "context"]
+__all__ = ["Network", "mlp", "serial", "forward", "from_description", "context", "check_state"]
 
 
 class Network(NamedTuple):
@@ -40,8 +40,13 @@ class Network(NamedTuple):
       input_shape: the per-example input shape, e.g. ``(784,)``.
       dtype: the parameter dtype.
       init: ``init(key) -> params``: a list, one entry per layer; the same key gives the same params.
-      apply: ``apply(params, x, *, key=None, train=None) -> output`` for ``x`` of shape ``input_shape`` or
-        ``(batch, *input_shape)``; inference mode (dropout off) unless ``key`` is given or ``train=True``.
+      apply: ``apply(params, x, *, key=None, train=None, state=None) -> output`` for ``x`` of shape
+        ``input_shape`` or ``(batch, *input_shape)``; inference mode (dropout off, running statistics) unless
+        ``key`` is given or ``train=True``. With ``state=`` it returns ``(output, new_state)``; a net with state
+        (:attr:`stateful`) requires it.
+
+    State (BatchNorm's running statistics) is an explicit value, never kept on the net: ``state =
+    net.init_state()``, passed in and returned out of every call (``docs/design.md``, "State").
     """
 
     layers: tuple[_layer.Layer, ...]
@@ -86,6 +91,16 @@ class Network(NamedTuple):
         net without Dense layers."""
         name = next((lay.config["init"] for lay in self.layers if lay.kind == "Dense"), None)
         return None if name is None else _initializers.get(name)
+
+    @property
+    def stateful(self) -> bool:
+        """Whether the net has state (BatchNorm's running statistics): every call then takes ``state=``."""
+        return any(layer.init_state is not None for layer in self.layers)
+
+    def init_state(self) -> list:
+        """The initial state: one entry per layer (``{}`` for a layer without state; BatchNorm
+        ``{"mean": zeros, "var": ones}``; a list for a block), like params. Pure: works under ``jax.eval_shape``."""
+        return _layer.init_state(self.layers, self.dtype)
 
     @property
     def stochastic(self) -> bool:
@@ -259,10 +274,13 @@ def serial(*layers, input_shape, dtype: Any = None) -> Network:
 
     net = Network(bound, shape, dtype, init_fn, None)  # type: ignore[arg-type]
 
-    def apply_fn(params: Params, x: ArrayLike, *, key: PRNGKey | None = None, train: bool | None = None) -> Array:
+    def apply_fn(params: Params, x: ArrayLike, *, key: PRNGKey | None = None, train: bool | None = None,
+                 state=None):
         x2, single = check_input(net, params, x)
-        y, _ = _layer.forward(net.layers, params, x2, context(net, key, train))
-        return y[0] if single else y
+        ctx = context(net, key, train, state=check_state(net, state))
+        y, records = _layer.forward(net.layers, params, x2, ctx)
+        y = y[0] if single else y
+        return y if state is None else (y, _layer.new_state(records, ctx.state))
 
     return net._replace(apply=apply_fn)
 

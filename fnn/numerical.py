@@ -19,10 +19,11 @@ __all__ = ["TaylorResult", "taylor_test", "finite_difference_grads", "central_di
            "fixed_objective"]
 
 
-def fixed_objective(net: Network, loss, dropout_key: PRNGKey | None, train: bool | None, penalty):
-    """``(params, x, y) -> loss``: :func:`fnn.objective` in a fixed mode (the same dropout masks every call)."""
+def fixed_objective(net: Network, loss, dropout_key: PRNGKey | None, train: bool | None, penalty, state=None):
+    """``(params, x, y) -> loss``: :func:`fnn.objective` in a fixed mode (the same dropout masks every call, the
+    same state)."""
     f = objective(net, loss, penalty=penalty)
-    return lambda params, x, y: f(params, x, y, key=dropout_key, train=train)
+    return lambda params, x, y: f(params, x, y, key=dropout_key, train=train, state=state)
 
 
 class TaylorResult(NamedTuple):
@@ -79,6 +80,7 @@ def taylor_test(
     dropout_key: PRNGKey | None = None,
     train: bool | None = None,
     penalty=None,
+    state=None,
 ) -> TaylorResult:
     """The eps-free gradient test: ``r(h) = |L(θ+hv) - L(θ) - h<g,v>|`` must shrink like ``h²``.
 
@@ -100,9 +102,9 @@ def taylor_test(
     hs = tuple(hs)
     if len(hs) < 2 or not all(isinstance(h, (int, float, np.floating)) and 0 < h < math.inf for h in hs):
         raise ValueError(f"hs must hold at least two positive step sizes (to fit an order), got {hs!r}.")
-    f = fixed_objective(net, loss, dropout_key, train, penalty)
+    f = fixed_objective(net, loss, dropout_key, train, penalty, state)
     if grads is None:
-        _, grads = backprop(net, params, x, y, loss, key=dropout_key, train=train, penalty=penalty)
+        grads = backprop(net, params, x, y, loss, key=dropout_key, train=train, penalty=penalty, state=state)[1]
     else:
         try:
             check_params(net, grads)
@@ -132,7 +134,7 @@ def taylor_test(
 
 def finite_difference_grads(
     net: Network, params: Params, x: ArrayLike, y: ArrayLike, loss, *, eps: float | None = None,
-    dropout_key: PRNGKey | None = None, train: bool | None = None, penalty=None,
+    dropout_key: PRNGKey | None = None, train: bool | None = None, penalty=None, state=None,
 ) -> Params:
     """Central finite differences of the loss for every parameter, in the params' own dtype.
 
@@ -144,7 +146,8 @@ def finite_difference_grads(
 
     Args:
       net, params, x, y, loss: as for :func:`fnn.backprop`.
-      dropout_key, train, penalty: :func:`fnn.backprop`'s ``key``, ``train`` and ``penalty`` (fixed masks).
+      dropout_key, train, penalty, state: :func:`fnn.backprop`'s ``key``, ``train``, ``penalty`` and ``state``
+        (fixed masks; the loss is computed with ``state``, whose update is dropped).
       eps: the step; default ``finfo(dtype).eps ** (1/3)`` of the params' dtype (about 6e-6 in float64,
         5e-3 in float32), the step that balances rounding (``~eps_dtype / eps``) against truncation (``~eps²``).
 
@@ -170,6 +173,6 @@ def finite_difference_grads(
         eps = float(jnp.finfo(flat.dtype).eps) ** (1 / 3)
     if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) or not (0 < eps < math.inf):
         raise ValueError(f"eps must be a positive finite finite-difference step, got {eps!r}.")
-    f = fixed_objective(net, loss, dropout_key, train, penalty)
+    f = fixed_objective(net, loss, dropout_key, train, penalty, state)
     fd = central_differences(lambda t: f(unravel(t), x, y), flat, np.arange(flat.shape[0]), eps)
     return unravel(jnp.asarray(fd, flat.dtype))
