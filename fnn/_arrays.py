@@ -3,6 +3,8 @@ the training checks)."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -87,6 +89,11 @@ def check_layer_params(path: str, layer_params, expected) -> None:
                             f"float64), got params{index}[{name!r}] of dtype {dtype}{dtype_hint(dtype)}.")
 
 
+@functools.lru_cache(maxsize=64)
+def _state_template(net):
+    return jax.eval_shape(net.init_state)
+
+
 def check_state(net, state):
     """``state`` validated against ``net.init_state()`` (one entry per layer, the same keys and shapes), or
     None. A net with state requires it; a net without state takes None or its (empty) ``init_state()``.
@@ -102,7 +109,7 @@ def check_state(net, state):
                              f"statistics), so every call needs state=: start from state = net.init_state() and "
                              f"pass the state each training-mode call returns.")
         return None
-    want = jax.eval_shape(net.init_state)
+    want = _state_template(net)
     if not isinstance(state, (list, tuple)) or len(state) != len(want):
         got = f"{len(state)} entries" if isinstance(state, (list, tuple)) else f"a {type(state).__name__}"
         raise TypeError(f"state must be a list with one entry per layer ({len(want)}; {{}} for a layer without "

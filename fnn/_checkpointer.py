@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from fnn import checkpoint
-from fnn.network import Network
+from fnn.network import Network, check_state
 
 __all__ = ["CHECKPOINT_NAME", "PER_EPOCH", "Checkpointer", "Restored", "check_run_metadata", "restored_key"]
 
@@ -107,19 +107,22 @@ class Checkpointer:
       with_opt_state: the run has an optimizer state to save.
     """
 
-    def __init__(self, directory, net: Network, config: dict, *, with_opt_state: bool):
+    def __init__(self, directory, net: Network, config: dict, *, with_opt_state: bool, with_state: bool = False):
         self.directory = None if directory is None else Path(directory)
         self.path = None if directory is None else self.directory / CHECKPOINT_NAME
-        self.net, self.config, self.with_opt_state = net, config, with_opt_state
+        self.net, self.config, self.with_opt_state, self.with_state = net, config, with_opt_state, with_state
 
     def save(self, epoch: int, params, opt_state, history: dict, key) -> Path | None:
-        """Write the checkpoint after ``epoch`` epochs; returns its path (None without a directory)."""
+        """Write the checkpoint after ``epoch`` epochs; returns its path (None without a directory). With
+        ``with_state``, ``opt_state`` is the epoch's ``(opt_state, state)`` pair and the state goes to the
+        checkpoint's ``state`` slot."""
         if self.path is None:
             return None
+        opt_state, state = opt_state if self.with_state else (opt_state, None)
         return checkpoint.save(
             self.path, params, net=self.net, opt_state=opt_state if self.with_opt_state else None,
             metadata={"epoch": epoch, "history": history, "config": self.config},
-            arrays={"key": jax.random.key_data(key)},
+            arrays={"key": jax.random.key_data(key)}, state=state,
         )
 
     def restore(self, opt_state_like) -> Restored | None:
@@ -135,6 +138,8 @@ class Checkpointer:
             raise ValueError("resume=True needs checkpoint_dir, the folder holding checkpoint.safetensors.")
         if not os.path.lexists(self.path):  # a dangling symbolic link is an error (load says so), not "none yet"
             return None
+        if self.with_state:
+            opt_state_like = opt_state_like[0]
         template = opt_state_like if self.with_opt_state else None
         ckpt = checkpoint.load(self.path, self.net, opt_state_like=template)
         epoch, history, saved = check_run_metadata(self.path, ckpt.metadata)
@@ -150,6 +155,11 @@ class Checkpointer:
                              f"optimizer {self.config.get('optimizer')!r}.")
         key = restored_key(self.path, ckpt.arrays)
         opt_state = ckpt.opt_state if ckpt.opt_state is not None else ()
+        if self.with_state:
+            if ckpt.state is None:
+                raise ValueError(f"Cannot resume from {self.path}: it holds no network state, but the network has "
+                                 f"BatchNorm's running statistics.")
+            opt_state = (opt_state, check_state(self.net, ckpt.state))
         return Restored(ckpt.params, opt_state, epoch, history, key)
 
     def resume_hint(self) -> str:

@@ -73,18 +73,21 @@ def step_keys(key: PRNGKey, num_batches: int) -> Array:
 # --- the update -----------------------------------------------------------------------------------------
 
 def _grad_fn(net: Network, loss: _losses.Loss, grads: str, axis_name: str | None, penalty):
-    """``(params, x, y, key) -> (loss, grads)``; ``key`` None is inference mode (no dropout)."""
+    """``(params, x, y, key) -> (loss, grads)``; ``key`` None is inference mode (no dropout). For a net with
+    state: ``(params, x, y, key, state) -> (loss, grads, new_state)``, in training mode (batch statistics)."""
     core = backprop_in if grads == "manual" else autodiff_in
 
-    def grad_fn(p, x, y, key=None):
+    def grad_fn(p, x, y, key=None, state=None):
         _, x2, y2 = prepare(net, p, x, y, loss)
         rows = None
         if axis_name is not None and key is not None:  # dropout masks by the row's index in the global batch
             local = x2.shape[0]
             rows = jax.lax.axis_index(axis_name).astype(jnp.int32) * local + jnp.arange(local, dtype=jnp.int32)
-        ctx = _layer.Context(key is not None, key, axis_name, rows)
-        value, g = core(net, p, x2, y2, loss, ctx, penalty)[:2]
-        return value, g
+        ctx = _layer.Context(key is not None or state is not None, key, axis_name, rows, state)
+        out = core(net, p, x2, y2, loss, ctx, penalty)
+        if state is None:
+            return out[0], out[1]
+        return out[0], out[1], (out[3].state if grads == "manual" else out[2])
 
     return grad_fn
 
@@ -107,16 +110,22 @@ def make_update(net: Network, loss: _losses.Loss, grads: str, optimizer, *, axis
         each example's row in the global batch, so N shards see the masks of one device.
       penalty: an :mod:`fnn.penalties` record added to the loss and the grads.
 
-    ``key`` (training mode: dropout) is the step's key; None runs the step in inference mode.
+    ``key`` (training mode: dropout) is the step's key; None runs the step in inference mode. For a net with
+    state (BatchNorm) the ``opt_state`` slot is the pair ``(opt_state, state)`` and every step runs in training
+    mode, returning the updated state in the pair.
     """
     grad_fn = _grad_fn(net, loss, grads, axis_name, penalty)
     if axis_name is not None:
         shard_grad_fn = grad_fn
 
-        def grad_fn(p, x, y, key=None):
+        def grad_fn(p, x, y, key=None, *state):
             p = jax.lax.pcast(p, axis_name, to="varying")
-            return jax.lax.pmean(shard_grad_fn(p, x, y, key), axis_name)
+            out = shard_grad_fn(p, x, y, key, *state)
+            # the new state is of the global batch already (synchronised statistics): the same on every device
+            return (*jax.lax.pmean(out[:2], axis_name), *out[2:])
 
+    if net.stateful:
+        return _stateful_update(grad_fn, optimizer)
     if optimizer is None:
 
         def update(params, opt_state, x, y, lr, key=None):
@@ -130,6 +139,24 @@ def make_update(net: Network, loss: _losses.Loss, grads: str, optimizer, *, axis
             value, g = grad_fn(params, x, y, key)
             updates, opt_state = optimizer.update(g, opt_state, params)
             return optax.apply_updates(params, updates), opt_state, value, g
+
+    return update
+
+
+def _stateful_update(grad_fn, optimizer):
+    """The update of a net with state: the optimizer-state slot carries ``(opt_state, state)``, so the step
+    body, the epoch scan, the strict freeze, ensembles (vmap) and meshes (replicated) carry the network's state
+    exactly as they carry an optimizer's, and every training step runs in training mode."""
+
+    def update(params, carry, x, y, lr, key=None):
+        opt_state, state = carry
+        value, g, state = grad_fn(params, x, y, key, state)
+        if optimizer is None:
+            new = jax.tree_util.tree_map(lambda p, d: p - (lr * d).astype(p.dtype), params, g)
+        else:
+            updates, opt_state = optimizer.update(g, opt_state, params)
+            new = optax.apply_updates(params, updates)
+        return new, (opt_state, state), value, g
 
     return update
 

@@ -20,7 +20,7 @@ from fnn._program import program
 from fnn._types import Array, ArrayLike, Params, PRNGKey
 from fnn.divergence import DivergenceWarning
 from fnn.evaluation import evaluate_checked
-from fnn.network import Network, check_params
+from fnn.network import Network, check_params, check_state
 from fnn.optim import default_learning_rate, resolve_optimizer
 
 __all__ = ["fit_ensemble"]
@@ -32,13 +32,14 @@ def _where_members(keep: Array, new, old):
 
 
 @functools.lru_cache(maxsize=32)
-def _member_epochs(epoch: Callable, stateful: bool):
-    """``jax.jit(jax.vmap(epoch))`` over members: params, optimizer state (when ``stateful``), epoch key and
-    learning rate are per member; the training set is shared."""
+def _member_epochs(epoch: Callable, stateful: bool, optax_lr: bool):
+    """``jax.jit(jax.vmap(epoch))`` over members: params, optimizer (and network) state when ``stateful``, epoch
+    key and learning rate are per member (``optax_lr``: the optimizer carries its rate); the training set is
+    shared."""
     state_axes = 0 if stateful else None
 
     def member_epoch(p, s, x, y, key, lr):
-        return epoch(p, s, x, y, key, None if stateful else lr)
+        return epoch(p, s, x, y, key, None if optax_lr else lr)
 
     return jax.jit(jax.vmap(member_epoch, in_axes=(0, state_axes, None, None, 0, 0),
                             out_axes=(0, state_axes, 0, 0)))
@@ -122,7 +123,8 @@ def fit_ensemble(
     unroll: int = 1,
     callback: Callable[[int, dict], None] | None = None,
     penalty=None,
-) -> tuple[Params, dict]:
+    state=None,
+) -> tuple:
     """Train K networks at once: ``jax.vmap`` of the compiled epoch :func:`fnn.fit` runs.
 
     Member ``k`` starts from ``params[k]`` (stacked params, e.g. ``jax.vmap(net.init)(init_keys)``), shuffles
@@ -142,11 +144,14 @@ def fit_ensemble(
         finite params inside the compiled epoch.
       callback: ``callback(epoch, history)`` after every epoch.
       penalty: an :mod:`fnn.penalties` record added to every member's loss and grads, as in ``fit``.
+      state: one network state per member, stacked (``jax.vmap(lambda _: net.init_state())(jnp.arange(K))``),
+        required for a net with BatchNorm; each member carries its own running statistics, as ``fit`` does.
 
     A net with dropout draws member ``k``'s masks from its own epoch keys, exactly as ``fit`` with ``keys[k]``.
 
     Returns:
-      ``(stacked params, history)``: ``history`` has ``fit``'s per-epoch lists (``epoch``, ``epoch_time``, and
+      ``(stacked params, history)`` (with ``state=``: ``(stacked params, stacked state, history)``): ``history``
+      has ``fit``'s per-epoch lists (``epoch``, ``epoch_time``, and
       ``train_loss``, ``test_loss``, ``test_accuracy`` as length-K lists per epoch; ``test_accuracy`` is None
       for regression, as in ``fit``). A member whose loss or params go non-finite is frozen (at its params from
       the end of the previous epoch, or with ``strict`` at its last finite step), its later ``train_loss``
@@ -176,9 +181,14 @@ def fit_ensemble(
     prog = program(net, loss_rec, grads, optimizer, rate, x.shape[0], batch_size, strict=strict, unroll=unroll,
                    penalty=penalty)
     check_memory(params, prog.optimizer, strict=strict, what="fit_ensemble")  # before anything is allocated
-    stateful = prog.optimizer is not None
-    opt_state = jax.vmap(prog.optimizer.init)(params) if stateful else ()
-    epoch_fn = _member_epochs(prog.epoch, stateful)
+    given_state = state is not None
+    if given_state or net.stateful:
+        _check_members("state", state, k)
+        check_state(net, None if state is None else jax.tree_util.tree_map(lambda t: t[0], state))
+    stateful = prog.optimizer is not None or given_state
+    opt_state = jax.vmap(prog.optimizer.init)(params) if prog.optimizer is not None else ()
+    opt_state = (opt_state, list(state)) if given_state else opt_state
+    epoch_fn = _member_epochs(prog.epoch, stateful, prog.optimizer is not None)
     history = new_history(with_test=test is not None)
     alive = np.ones(k, bool)  # members that have not diverged
     bar = progress_bar(progress, total=epochs, desc="fit_ensemble")
@@ -204,8 +214,9 @@ def fit_ensemble(
                 _warn_member(history, m, float(lr[m]), e + 1,
                              None if layer_ok is None else divergence.locate(step_losses[m], layer_ok[m]))
             epoch_time = time.perf_counter() - t0
-            test_metrics = None if test_xy is None else evaluate_checked(net, loss_rec, params, *test_xy,
-                                                                         batch_size=eval_batch_size, stacked=True)
+            test_metrics = None if test_xy is None else evaluate_checked(
+                net, loss_rec, params, *test_xy, batch_size=eval_batch_size, stacked=True,
+                state=opt_state[1] if given_state else None)
             record_epoch(history, e + 1, np.where(alive, step_losses.mean(axis=1), np.nan).tolist(), epoch_time,
                          test_metrics)
             show_epoch(bar, history)
@@ -214,7 +225,14 @@ def fit_ensemble(
     finally:
         if bar is not None:
             bar.close()
-    return params, history
+    return (params, opt_state[1], history) if given_state else (params, history)
+
+
+def _check_members(what: str, tree, k: int) -> None:
+    for leaf in jax.tree_util.tree_leaves(tree):
+        if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != k:
+            raise ValueError(f"fit_ensemble: {what} must be stacked, one per member ({k}) on a leading axis; got a "
+                             f"leaf of shape {jnp.shape(leaf)}.")
 
 
 def _warn_member(history: dict, member: int, lr: float, epoch: int, where) -> None:

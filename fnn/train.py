@@ -37,7 +37,7 @@ from fnn._types import ArrayLike, Params, PRNGKey
 from fnn.divergence import DivergenceWarning
 from fnn.ensemble import fit_ensemble
 from fnn.evaluation import evaluate, evaluate_checked
-from fnn.network import Network, check_params, check_params_type, numeric_array
+from fnn.network import Network, check_params, check_params_type, check_state, numeric_array
 from fnn.optim import OPTIMIZERS, make_optimizer, named_learning_rate, resolve_optimizer
 
 __all__ = [
@@ -61,11 +61,12 @@ class TrainingInterrupted(KeyboardInterrupt):
       params: params after the last completed epoch.
       history: the history so far (every list as long as ``history["epoch"]``).
       checkpoint: path of the checkpoint written on interrupt, or None without ``checkpoint_dir``.
+      state: the network's state after the last completed epoch (None for a net without state).
     """
 
-    def __init__(self, message: str, params: Params, history: dict, checkpoint: Path | None):
+    def __init__(self, message: str, params: Params, history: dict, checkpoint: Path | None, state=None):
         super().__init__(message)
-        self.params, self.history, self.checkpoint = params, history, checkpoint
+        self.params, self.history, self.checkpoint, self.state = params, history, checkpoint, state
 
 
 # --- one step -------------------------------------------------------------------------------------------
@@ -91,7 +92,11 @@ def sgd_step(
 
         step(params, opt_state, x, y) -> (params, opt_state, loss)
 
-    For a net with dropout the step takes a last argument ``key`` (the step's dropout masks; required).
+    For a net with dropout the step takes a last argument ``key`` (the step's dropout masks; required). A net
+    with state (BatchNorm) takes and returns it after the optimizer state, every step in training mode::
+
+        step(params, state, x, y) -> (params, state, loss)
+        step(params, opt_state, state, x, y) -> (params, opt_state, state, loss)
 
     Args:
       net: the network.
@@ -115,8 +120,8 @@ def sgd_step(
     loss = _losses.get(loss)
     optimizer, lr = resolve_optimizer(optimizer, learning_rate)
     grads = check_grads_mode(grads)
-    stateful = optimizer is not None
     check_params_type(net)
+    stateful = optimizer is not None or net.stateful  # the update threads an optimizer (or network) state
     keyed = net.stochastic
     penalty = penalties.get(penalty)
     if devices is not None:  # data parallel over a device mesh
@@ -125,7 +130,23 @@ def sgd_step(
         step = parallel.make_step(update, mesh, lr=lr, stateful=stateful, keyed=keyed)
     else:
         step = _jitted_step(_epoch.make_update(net, loss, grads, optimizer, penalty=penalty), lr, stateful=stateful)
-    return _with_input_checks(step, loss, net.output_shape[-1], y_index=3 if stateful else 2, keyed=keyed)
+    names = ["params", *(["opt_state"] if optimizer is not None else []), *(["state"] if net.stateful else []),
+             "x", "y"]
+    if net.stateful:
+        step = _with_net_state(step, net, optimizer is not None)
+    return _with_input_checks(step, loss, net.output_shape[-1], names=names, keyed=keyed)
+
+
+def _with_net_state(step: Callable, net: Network, with_optimizer: bool) -> Callable:
+    """The step of a net with state: ``(params[, opt_state], state, x, y[, key]) -> (params[, opt_state], state,
+    loss)`` around the update's ``(opt_state, state)`` slot (:func:`fnn._epoch.make_update`)."""
+
+    def run(params, *args):
+        opt_state, (state, *rest) = (args[0], args[1:]) if with_optimizer else ((), args)
+        params, (opt_state, state), value = step(params, (opt_state, check_state(net, state)), *rest)
+        return (params, opt_state, state, value) if with_optimizer else (params, state, value)
+
+    return run
 
 
 def _jitted_step(update, lr, *, stateful: bool) -> Callable:
@@ -140,13 +161,13 @@ def _jitted_step(update, lr, *, stateful: bool) -> Callable:
 
         @jax.jit
         def step(params, opt_state, x, y, *key):
-            params, opt_state, value, _ = update(params, opt_state, x, y, None, *key)
+            params, opt_state, value, _ = update(params, opt_state, x, y, lr, *key)
             return params, opt_state, value
 
     return step
 
 
-def _with_input_checks(step: Callable, loss: _losses.Loss, n_out: int, *, y_index: int,
+def _with_input_checks(step: Callable, loss: _losses.Loss, n_out: int, *, names: list[str],
                        keyed: bool = False) -> Callable:
     """``step`` that first checks concrete ``x`` and ``y`` on the host, before ``jax.jit`` converts them: arrays of
     objects, strings or complex numbers are a ``TypeError`` naming the argument (JAX would say "Error
@@ -155,13 +176,14 @@ def _with_input_checks(step: Callable, loss: _losses.Loss, n_out: int, *, y_inde
     to int32). Costs a host copy of the labels per call; under the caller's own ``jit``/``scan`` the arguments
     are tracers and only their dtypes are checked."""
 
+    y_index = names.index("y")
+
     @functools.wraps(step)
     def checked(*args):
         if len(args) != y_index + 1 + keyed:
-            names = ["params", "opt_state", "x", "y"] if y_index == 3 else ["params", "x", "y"]
-            names += ["key"] if keyed else []
+            shown = names + (["key"] if keyed else [])
             extra = " (the net has dropout: pass the step's PRNG key last)" if keyed else ""
-            raise TypeError(f"step takes {len(names)} arguments ({', '.join(names)}){extra}, got {len(args)}.")
+            raise TypeError(f"step takes {len(shown)} arguments ({', '.join(shown)}){extra}, got {len(args)}.")
         if len(args) > y_index:
             args = list(args)
             args[y_index - 1] = numeric_array("x", args[y_index - 1])
@@ -198,7 +220,8 @@ def fit(
     callback: Callable[[int, dict], None] | None = None,
     devices: int | Sequence[jax.Device] | None = None,
     penalty=None,
-) -> tuple[Params, dict]:
+    state=None,
+) -> tuple:
     """Train with mini-batch SGD (or an optax optimizer), one compiled ``lax.scan`` per epoch.
 
     Args:
@@ -235,12 +258,16 @@ def fit(
         global batch).
       penalty: an :mod:`fnn.penalties` record added to every step's loss and grads (``fnn.penalties.l2(lam)``
         is ``(lam/2)·Σw²`` over the weights; Nielsen's ``λ/2n`` is ``l2(λ / n)``).
+      state: the network's state (``net.init_state()``), required for a net with BatchNorm: carried through
+        the compiled epoch beside the optimizer state (every step in training mode), used by the evaluation
+        (inference mode, running statistics), saved in checkpoints and restored bit-identically on resume.
 
     Dropout: step ``s`` of epoch ``e`` draws its masks from ``fnn._epoch.step_keys(fold_in(key, e), steps)[s]``,
     a stream of its own, so the shuffle order does not depend on the dropout; evaluation runs without dropout.
 
     Returns:
-      ``(params, history)``; ``history`` is a dict of per-epoch lists: ``epoch``, ``train_loss``,
+      ``(params, history)``, with ``state=`` ``(params, state, history)``; ``history`` is a dict of per-epoch
+      lists: ``epoch``, ``train_loss``,
       ``epoch_time`` and, with ``test``, ``test_loss`` and ``test_accuracy`` (None for regression), every list
       as long as ``epoch`` (an epoch is recorded all at once, after its evaluation); ``diverged`` is set (a dict
       with ``epoch``, ``step``, ``layer`` and ``message``) when training stopped on a non-finite value. A resumed
@@ -269,13 +296,20 @@ def fit(
     epoch_fn = prog.epoch if mesh is not None else jax.jit(prog.epoch)
     if mesh is not None:  # the same batches, split across the devices
         x, y = parallel.replicate(mesh, (x, y))
-    opt_state = prog.init_state(params)
+    given_state, state = state is not None, check_state(net, state)
+    # a net with state carries (opt_state, state) in the optimizer-state slot of the epoch (fnn._epoch)
+    opt_state = prog.init_state(params) if state is None else (prog.init_state(params), state)
     ckpt = Checkpointer(checkpoint_dir, net, _config(loss_rec, batch_size, grads, strict, optimizer, learning_rate,
-                                                     prog, penalty), with_opt_state=prog.optimizer is not None)
+                                                     prog, penalty), with_opt_state=prog.optimizer is not None,
+                        with_state=state is not None)
     history, start = new_history(with_test=test is not None), 0
     if resume and (restored := ckpt.restore(opt_state)) is not None:
         params, opt_state, start, saved_history, key = restored
         history = continued_history(saved_history, with_test=test is not None)
+
+    def done(params, opt_state, history):
+        return (params, opt_state[1], history) if given_state else (params, history)
+
     bar = progress_bar(progress, total=epochs, initial=start)
     try:
         for e in range(start, epochs):
@@ -288,12 +322,15 @@ def fit(
                 strict_run = layer_ok is not None
                 where = divergence.locate(step_losses, layer_ok) if strict_run else divergence.replay(*replay_args)
                 at_start = e == start and where[0] == 0 and divergence.broken_at_start(*replay_args)
-                params = new_params if strict_run else params  # strict: frozen at the last finite step
-                return params, _diverged(history, e + 1, *where, strict=strict_run, at_start=at_start, key=key,
-                                         ckpt=ckpt, params=params, opt_state=opt_state)
+                if strict_run:  # frozen at the last finite step
+                    params, opt_state = new_params, new_state
+                return done(params, opt_state, _diverged(history, e + 1, *where, strict=strict_run,
+                                                         at_start=at_start, key=key, ckpt=ckpt, params=params,
+                                                         opt_state=opt_state))
             epoch_time = time.perf_counter() - t0
-            test_metrics = None if test_xy is None else evaluate_checked(net, loss_rec, new_params, *test_xy,
-                                                                         batch_size=eval_batch_size)
+            test_metrics = None if test_xy is None else evaluate_checked(
+                net, loss_rec, new_params, *test_xy, batch_size=eval_batch_size,
+                state=None if state is None else new_state[1])
             params, opt_state = new_params, new_state
             record_epoch(history, e + 1, float(step_losses.mean()), epoch_time, test_metrics)
             show_epoch(bar, history)
@@ -307,11 +344,11 @@ def fit(
         msg = f"Training interrupted after {done} epoch(s); " + (
             f"checkpoint saved to {path}. {ckpt.resume_hint()}" if path is not None
             else "pass checkpoint_dir to keep a checkpoint.")
-        raise TrainingInterrupted(msg, params, history, path) from interrupt
+        raise TrainingInterrupted(msg, params, history, path, None if state is None else opt_state[1]) from interrupt
     finally:
         if bar is not None:
             bar.close()
-    return params, history
+    return done(params, opt_state, history)
 
 
 def _config(loss: _losses.Loss, batch_size, grads, strict, optimizer, learning_rate, prog: Program,

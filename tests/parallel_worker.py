@@ -39,6 +39,19 @@ def net_and_params():
     return net, net.init(jax.random.key(0))
 
 
+def bn_net_and_params():
+    """A net with synchronised BatchNorm (no bias before a BatchNorm: its gradient is exactly zero, and its
+    rounding noise would be all a relative comparison of that leaf saw)."""
+    import jax
+
+    import fnn
+
+    L = fnn.layers
+    net = fnn.serial(L.Dense(8, bias=False), L.BatchNorm(), "tanh", L.Residual(L.Dense(8, bias=False),
+                     L.BatchNorm(momentum=0.5)), L.Dense(SIZES[-1], "softmax"), input_shape=(SIZES[0],))
+    return net, net.init(jax.random.key(5))
+
+
 def as_lists(tree) -> list:
     import jax
 
@@ -107,6 +120,23 @@ def single(out: str) -> None:
         sharded = fnn.curvature.first_order(net_d, params_d, xb, yb, LOSS, devices=devices, **kw)
         result[f"curvature_{devices}"] = {q: rel_err(sharded[q], one[q]) for q in one}
     result["curvature_keys"] = sorted(one)
+
+    # synchronised BatchNorm: N devices on a global batch equal one device on it (params and running statistics)
+    net_b, params_b = bn_net_and_params()
+    for grads in ("manual", "autodiff"):
+        ref_p, ref_s, ref_l = fnn.sgd_step(net_b, LOSS, learning_rate=0.3, grads=grads)(params_b, net_b.init_state(),
+                                                                                       xb, yb)
+        p, s, l = fnn.sgd_step(net_b, LOSS, learning_rate=0.3, grads=grads, devices=4)(params_b, net_b.init_state(),
+                                                                                      xb, yb)
+        result[f"bn_step_{grads}"] = {"params": rel_err(p, ref_p), "state": rel_err(s, ref_s),
+                                      "loss": abs(float(l) - float(ref_l)) / float(ref_l),
+                                      "moved": rel_err(s, net_b.init_state())}
+    common = dict(loss=LOSS, epochs=2, batch_size=16, key=jax.random.key(1), progress=False, optimizer="adam",
+                  learning_rate=1e-2, state=net_b.init_state(), test=(x, y))
+    p1, s1, h1 = fnn.fit(net_b, params_b, (x, y), **common)
+    p4, s4, h4 = fnn.fit(net_b, params_b, (x, y), devices=4, **common)
+    result["bn_fit"] = {"params": rel_err(p4, p1), "state": rel_err(s4, s1), "acc_1": h1["test_accuracy"],
+                        "acc_4": h4["test_accuracy"]}
     result["error_curvature_indivisible"] = _error(
         lambda: fnn.curvature.batch_l2_grad(net_d, params_d, xb[:10], yb[:10], LOSS, devices=4))
 
@@ -178,6 +208,14 @@ def multihost(out: str) -> None:
         xb, yb = x[STEP_BATCH * k:STEP_BATCH * (k + 1)], y[STEP_BATCH * k:STEP_BATCH * (k + 1)]
         p, s, _ = adam(p, s, xb[part], yb[part])
     result["adam_params"] = as_lists(p)
+
+    net_b, params_b = bn_net_and_params()
+    step = fnn.sgd_step(net_b, LOSS, learning_rate=0.3, devices=mesh)
+    p, s = params_b, net_b.init_state()
+    for k in range(STEPS):
+        xb, yb = x[STEP_BATCH * k:STEP_BATCH * (k + 1)], y[STEP_BATCH * k:STEP_BATCH * (k + 1)]
+        p, s, _ = step(p, s, xb[part], yb[part])
+    result["bn_params"], result["bn_state"] = as_lists(p), as_lists(s)
 
     # fit: every process holds the whole training set; each device gathers its rows of every batch
     p, h = fnn.fit(net, params, (x, y), loss=LOSS, epochs=2, batch_size=STEP_BATCH, key=jax.random.key(1),

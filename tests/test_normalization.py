@@ -273,3 +273,77 @@ def test_random_stacks_with_normalisation(layers, batch, train, seed):
         manual, auto = both.lower(params, x, y, state).compile(FAST_COMPILE)(params, x, y, state)
         np.testing.assert_allclose(manual[0], auto[0], rtol=1e-12)
         assert_grads_close(manual[1], auto[1], f"{layers}", rtol=1e-9)
+
+
+# --- training with state: sgd_step, fit, checkpoints, fit_ensemble -------------------------------------------
+
+def _classification(n=128, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    return x, ((x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0)).astype(np.int32)
+
+
+def _bn_net():
+    return fnn.serial(L.Dense(8, bias=False), L.BatchNorm(momentum=0.7), "tanh", L.Dense(3, "softmax"),
+                      input_shape=(4,))
+
+
+def _same(a, b):
+    return all(np.array_equal(u, v) for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b),
+                                                    strict=True))
+
+
+@pytest.mark.parametrize("optimizer", [None, "adam"])
+def test_fit_carries_the_state_and_equals_its_steps(optimizer):
+    """fit's compiled epochs (the state carried beside the optimizer state) equal a Python loop of sgd_step over
+    the same batches, bit for bit; the test metrics use the running statistics."""
+    net, (x, y) = _bn_net(), _classification()
+    params, state = net.init(jax.random.key(0)), net.init_state()
+    kw = dict(loss=SPARSE_CE, batch_size=32, key=jax.random.key(1), progress=False, optimizer=optimizer)
+    p, s, h = fnn.fit(net, params, (x, y), (x, y), epochs=2, state=state, **kw)
+    step = fnn.sgd_step(net, SPARSE_CE, optimizer=optimizer, learning_rate=None)
+    q, r = params, state
+    o = fnn.make_optimizer(optimizer, fnn.optim.DEFAULT_LEARNING_RATES[optimizer]).init(params) if optimizer else None
+    for e in range(2):
+        order = np.asarray(fnn.epoch_order(jax.random.fold_in(jax.random.key(1), e), x.shape[0]))
+        for b in range(x.shape[0] // 32):
+            idx = order[b * 32:(b + 1) * 32]
+            if optimizer:
+                q, o, r, _ = step(q, o, r, x[idx], y[idx])
+            else:
+                q, r, _ = step(q, r, x[idx], y[idx])
+    assert _same((p, s), (q, r))
+    assert not np.allclose(s[1]["var"], 1.0)  # the running statistics moved
+    assert h["test_accuracy"][-1] == fnn.evaluate(net, p, x, y, SPARSE_CE, state=s)["accuracy"]
+    with pytest.raises(ValueError, match="BatchNorm's running statistics"):
+        fnn.fit(net, params, (x, y), epochs=1, **kw)
+    with pytest.raises(ValueError, match="BatchNorm's running statistics"):
+        fnn.evaluate(net, p, x, y, SPARSE_CE)
+
+
+def test_resume_restores_the_state_bit_identically(tmp_path):
+    net, (x, y) = _bn_net(), _classification()
+    params, state = net.init(jax.random.key(0)), net.init_state()
+    kw = dict(loss=SPARSE_CE, batch_size=32, key=jax.random.key(1), progress=False, optimizer="adam", state=state)
+    fnn.fit(net, params, (x, y), epochs=2, checkpoint_dir=tmp_path, **kw)
+    ckpt = fnn.load(tmp_path / "checkpoint.safetensors", net)
+    assert ckpt.state is not None and not np.allclose(ckpt.state[1]["mean"], 0.0)
+    resumed = fnn.fit(net, params, (x, y), epochs=4, checkpoint_dir=tmp_path, resume=True, **kw)
+    straight = fnn.fit(net, params, (x, y), epochs=4, **kw)
+    assert _same(resumed[:2], straight[:2]) and resumed[2]["train_loss"] == straight[2]["train_loss"]
+
+
+def test_fit_ensemble_gives_each_member_its_own_state():
+    net, (x, y) = _bn_net(), _classification()
+    keys, rates = jax.random.split(jax.random.key(1), 3), [0.1, 0.3, 0.05]
+    params = jax.vmap(net.init)(jax.random.split(jax.random.key(0), 3))
+    state = jax.vmap(lambda _: net.init_state())(jnp.arange(3))
+    kw = dict(loss=SPARSE_CE, epochs=2, batch_size=32)
+    p, s, h = fnn.fit_ensemble(net, params, (x, y), (x, y), keys=keys, state=state, learning_rate=rates, **kw)
+    for m in range(3):
+        alone = fnn.fit(net, tree_map(lambda t, m=m: t[m], params), (x, y), (x, y), key=keys[m],
+                        state=net.init_state(), learning_rate=rates[m], progress=False, **kw)
+        assert _same(tree_map(lambda t, m=m: t[m], (p, s)), alone[:2]), m
+        assert h["test_accuracy"][-1][m] == alone[2]["test_accuracy"][-1]
+    with pytest.raises(ValueError, match="stacked, one per member"):
+        fnn.fit_ensemble(net, params, (x, y), keys=keys, state=net.init_state(), **kw)

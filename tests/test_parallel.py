@@ -143,6 +143,28 @@ def test_sharded_curvature_equals_one_device_float64(runs, devices):
     assert set(errs) == set(got["curvature_keys"]) and all(e <= 1e-12 for e in errs.values()), errs
 
 
+@pytest.mark.parametrize("grads", ["manual", "autodiff"])
+def test_synchronised_batchnorm_step_equals_one_device_float64(runs, grads):
+    """4 devices, each a quarter of the batch, with BatchNorm's statistics (and the backward's sums) averaged
+    over the devices: the params, the running statistics and the loss of one device on the whole batch."""
+    got = runs["single"].result()[f"bn_step_{grads}"]
+    assert got["moved"] > 1e-3  # training mode updated the running statistics
+    assert got["params"] <= 1e-12 and got["state"] <= 1e-12 and got["loss"] <= 1e-12, got
+
+
+def test_synchronised_batchnorm_fit_equals_one_device_float64(runs):
+    got = runs["single"].result()["bn_fit"]
+    assert got["params"] <= 1e-12 and got["state"] <= 1e-12, got
+    assert got["acc_1"] == got["acc_4"]  # evaluated in inference mode with the same running statistics
+
+
+def test_multihost_batchnorm_equals_one_process(hosts, reference):
+    assert worker.rel_err(reference["bn_params"], reference["bn_initial"]) > 1e-3
+    for r in hosts:
+        assert worker.rel_err(r["bn_params"], reference["bn_params"]) <= 1e-12
+        assert worker.rel_err(r["bn_state"], reference["bn_state"]) <= 1e-12
+
+
 @pytest.mark.parametrize("where", ["step", "fit", "curvature"])
 def test_indivisible_batch_is_a_value_error_naming_both_numbers(runs, where):
     msg = runs["single"].result()[f"error_{where}_indivisible"]
@@ -185,6 +207,13 @@ def reference():
                        key=jax.random.key(1), progress=False)
         out["fit_params"], out["fit_losses"] = worker.as_lists(p), h["train_loss"]
         out["initial"] = worker.as_lists(params)
+        net_b, params_b = worker.bn_net_and_params()
+        step = fnn.sgd_step(net_b, worker.LOSS, learning_rate=0.3)
+        p, s = params_b, net_b.init_state()
+        for xb, yb in batches:
+            p, s, _ = step(p, s, xb, yb)
+        out["bn_params"], out["bn_state"], out["bn_initial"] = (worker.as_lists(p), worker.as_lists(s),
+                                                                worker.as_lists(params_b))
     return out
 
 
