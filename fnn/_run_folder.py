@@ -74,6 +74,7 @@ TRAIN_DEFAULTS = {
     "dropout": 0.0,  # 0: fnn.mlp; > 0: an fnn.serial with Dropout(rate) after every hidden Dense layer
     "l2": 0.0,  # 0: no penalty; else fnn.penalties.l2(lam), (lam/2)·Σw² over the weights
     "l1": 0.0,  # 0: no penalty; else fnn.penalties.l1(lam), lam·Σ|w| over the weights
+    "norm": None,  # "layer"/"batch": a LayerNorm/BatchNorm before every hidden activation (fnn._cli_models)
 }
 #: Options that ``--resume`` may change; every other setting comes from the run's config.json.
 RESUME_MAY_CHANGE = ("epochs", "data_dir")
@@ -117,6 +118,7 @@ def check_config(config: dict, where: str | None = None) -> dict:
                     is_real(config["dropout"]) and 0 <= config["dropout"] < 1),
         "l2": ("a finite number >= 0 (0: no L2 penalty)", is_real(config["l2"]) and config["l2"] >= 0),
         "l1": ("a finite number >= 0 (0: no L1 penalty)", is_real(config["l1"]) and config["l1"] >= 0),
+        "norm": ("'layer', 'batch' or null", config["norm"] in (None, "layer", "batch")),
     }
     for key, (kind, ok) in expected.items():
         if not ok:

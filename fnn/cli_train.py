@@ -49,6 +49,7 @@ import fnn
 from fnn._checkpointer import check_run_metadata, restored_key
 from fnn._checks import check_memory
 from fnn._cli import EXIT_FAILED, EXIT_OK, UsageError, error, one_line, positive, user_input, widths, write_json
+from fnn._cli_models import CNN_FILTERS, NORMS, make_cnn, make_net, make_penalty
 from fnn._files import check_regular_file
 from fnn._run_folder import (
     RESUME_MAY_CHANGE,
@@ -108,6 +109,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--dropout", type=float, metavar="RATE",
                        help="dropout after every hidden layer: each hidden unit is dropped with probability RATE "
                             "in [0, 1) during training (inverted dropout; off in evaluation); default 0, none")
+    train.add_argument("--norm", choices=tuple(NORMS),
+                       help="a LayerNorm or BatchNorm between every hidden layer's linear part (then without "
+                            "bias) and its activation; BatchNorm's running statistics are saved with the params "
+                            "(default: none)")
     train.add_argument("--l2", type=float, metavar="LAM",
                        help="L2 weight penalty (LAM/2)·Σw² over the weights only (not the biases), added once per "
                             "mini-batch to the batch-mean loss (gradient LAM·w); Nielsen's (λ/2n)·Σw² is --l2 λ/n; "
@@ -161,38 +166,6 @@ def train_config(args: argparse.Namespace) -> tuple[dict, Path, dict]:
         if os.path.lexists(out / CHECKPOINT_NAME):
             user_input(f"--resume {out}", check_regular_file, out / CHECKPOINT_NAME, "a checkpoint")
     return config, out, records
-
-
-def make_net(sizes: list[int], activation: str, output: str, dropout: float) -> fnn.Network:
-    """``fnn.mlp(sizes, ...)``; with ``dropout > 0`` the same Dense layers as an ``fnn.serial`` with
-    ``Dropout(dropout)`` after every hidden one (without, the run is exactly the mlp one, bit for bit)."""
-    if not dropout:
-        return fnn.mlp(sizes, hidden=activation, output=output)
-    L = fnn.layers
-    hidden = [layer for n in sizes[1:-1] for layer in (L.Dense(n, activation=activation), L.Dropout(dropout))]
-    return fnn.serial(*hidden, L.Dense(sizes[-1], activation=output), input_shape=(sizes[0],))
-
-
-CNN_FILTERS = (32, 64)
-
-
-def make_cnn(input_shape: tuple[int, ...], hidden: list[int], classes: int, activation: str, output: str,
-             dropout: float) -> fnn.Network:
-    """``--model cnn``: per filter count in :data:`CNN_FILTERS` a 3x3 ``"SAME"`` Conv2D with ``activation`` and a
-    2x2 max-pool, then Flatten, the ``hidden`` Dense layers (each followed by ``Dropout(dropout)`` when > 0) and
-    the output layer. Images are NHWC ``input_shape = (H, W, C)``."""
-    L = fnn.layers
-    convs = [layer for f in CNN_FILTERS for layer in (L.Conv2D(f, 3, activation=activation), L.MaxPool2D(2))]
-    dense = [layer for n in hidden for layer in (L.Dense(n, activation=activation),
-                                                 *([L.Dropout(dropout)] if dropout else []))]
-    return fnn.serial(*convs, L.Flatten(), *dense, L.Dense(classes, activation=output), input_shape=input_shape)
-
-
-def make_penalty(config: dict):
-    """The penalty of ``--l1``/``--l2`` (None when both are 0; their sum, l1 first, when both are given)."""
-    terms = [make(config[name]) for name, make in (("l1", fnn.penalties.l1), ("l2", fnn.penalties.l2))
-             if config[name]]
-    return None if not terms else terms[0] if len(terms) == 1 else fnn.penalties.combine(*terms)
 
 
 def check_resumable(out: Path, net: fnn.Network, config: dict, loss: fnn.losses.Loss, optimizer,
@@ -305,11 +278,12 @@ def run(args: argparse.Namespace) -> int:
         y_train, y_test = fnn.one_hot(y_train, classes), fnn.one_hot(y_test, classes)
     features = "x".join(map(str, x_train.shape[1:]))  # 64, or 8x8x1 for images
     if config["model"] == "cnn":
-        net = make_cnn(x_train.shape[1:], config["hidden"], classes, config["activation"], output, config["dropout"])
+        net = make_cnn(x_train.shape[1:], config["hidden"], classes, config["activation"], output, config["dropout"],
+                       config["norm"])
         sizes = f"cnn {features} -> conv {'/'.join(map(str, CNN_FILTERS))} -> {config['hidden'] + [classes]}"
     else:
         sizes = [x_train.shape[1], *config["hidden"], classes]
-        net = make_net(sizes, config["activation"], output, config["dropout"])
+        net = make_net(sizes, config["activation"], output, config["dropout"], config["norm"])
     penalty = make_penalty(config)
     if args.resume is not None:
         check_resumable(out, net, config, loss, optimizer, penalty)
@@ -329,7 +303,8 @@ def run(args: argparse.Namespace) -> int:
         lr_note = f" ({config['optimizer']}'s default)" if lr_default else ""
         print(f"data: {config['dataset']}, {x_train.shape[0]} train / {x_test.shape[0]} test examples, "
               f"{features} features, {classes} classes{' (standardized)' if config['standardize'] else ''}")
-        extras = "".join(f", {name} {config[name]:g}" for name in ("dropout", "l1", "l2") if config[name])
+        extras = "".join(f", {name} {config[name]:g}" for name in ("dropout", "l1", "l2") if config[name]) + (
+            f", {config['norm']} norm" if config["norm"] else "")
         print(f"network: {sizes} {config['activation']} -> {output}{extras}, loss {loss.name}, "
               f"{config['optimizer']} lr {config['lr']:g}{lr_note}, batch {config['batch_size']}, "
               f"{config['grads']} gradients")
@@ -349,13 +324,13 @@ def _train(args, config, records, out, net, params, key_fit, loss, optimizer, pe
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", fnn.DivergenceWarning)
         try:
-            params, history = fnn.fit(
+            *params, history = fnn.fit(
                 net, params, train, test, loss=loss, epochs=config["epochs"],
                 batch_size=config["batch_size"], learning_rate=config["lr"], optimizer=optimizer,
                 grads=config["grads"], key=key_fit, progress=not args.no_progress, checkpoint_dir=out,
                 resume=args.resume is not None, strict=config["strict"], callback=lambda e, h: trained.append(e),
-                devices=args.devices, penalty=penalty,
-            )
+                devices=args.devices, penalty=penalty, state=net.init_state() if net.stateful else None,
+            )  # params, or params and the state of a net with BatchNorm
         except fnn.TrainingInterrupted as stop:  # a checkpoint is saved; fnn.cli reports it (exit 130)
             with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C skips the curves, not the message
                 write_history(out, stop.history, title)
@@ -387,6 +362,6 @@ def _report(config, records, out, net, params, history, trained, seconds, title,
         print(f"nothing to train: the run already has {len(history['epoch'])} epochs (raise --epochs)")
         config["epochs"] = max(config["epochs"], len(history["epoch"]))
         write_json(out / "config.json", {**config, **records})
-    accuracy = fnn.evaluate(net, params, *test, loss)["accuracy"]
+    accuracy = fnn.evaluate(net, params[0], *test, loss, state=params[1] if net.stateful else None)["accuracy"]
     print(f"test accuracy: {float(np.nan if accuracy is None else accuracy):.4f}")
     return EXIT_OK

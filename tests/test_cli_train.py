@@ -304,3 +304,33 @@ def test_without_dropout_the_net_is_the_mlp_and_l1_l2_combine():
     both = cli_train.make_penalty({"l1": 0.2, "l2": 0.1})
     assert both == fnn.penalties.combine(fnn.penalties.l1(0.2), fnn.penalties.l2(0.1))
     assert float(both.value(params)) > float(fnn.penalties.l2(0.1).value(params)) > 0
+
+
+def test_norm_batch_trains_saves_the_state_and_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", *SMALL, "--epochs", "1", "--norm", "batch", "--out", str(out)]) == 0
+    assert "network: [64, 16, 10] relu -> softmax, batch norm," in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert config["norm"] == "batch"
+    assert [layer["kind"] for layer in config["network"]["layers"]] == ["Dense", "BatchNorm", "Activation", "Dense"]
+    assert config["network"]["layers"][0]["bias"] is False  # BatchNorm's offset replaces the bias
+    ckpt = fnn.load(out / "checkpoint.safetensors")
+    assert ckpt.net.stateful and ckpt.state[1]["var"].shape == (16,)  # the running statistics, saved
+    assert float(abs(ckpt.state[1]["var"] - 1.0).max()) > 1e-3
+    assert cli.main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    assert cli.main(["train", "--resume", str(out), "--epochs", "3", "--norm", "layer", "--no-progress"]) == 2
+    assert "--norm 'layer' differs from the resumed run's" in one_error_line(capsys.readouterr().err)
+
+
+def test_norm_layer_places_layernorm_before_every_hidden_activation():
+    net = cli_train.make_net([4, 6, 5, 3], "tanh", "softmax", 0.1, "layer")
+    assert [layer.kind for layer in net.layers] == ["Dense", "LayerNorm", "Activation", "Dropout"] * 2 + ["Dense"]
+    assert not net.stateful and not net.layers[0].config["bias"]
+    cnn = cli_train.make_cnn((8, 8, 1), [16], 10, "relu", "softmax", 0.0, "batch")
+    assert [layer.kind for layer in cnn.layers[:4]] == ["Conv2D", "BatchNorm", "Activation", "MaxPool2D"]
+    L = fnn.layers  # without --norm: the net of before, layer for layer
+    before = fnn.serial(L.Conv2D(32, 3, activation="relu"), L.MaxPool2D(2), L.Conv2D(64, 3, activation="relu"),
+                        L.MaxPool2D(2), L.Flatten(), L.Dense(16, activation="relu"), L.Dense(10, activation="softmax"),
+                        input_shape=(8, 8, 1))
+    assert cli_train.make_cnn((8, 8, 1), [16], 10, "relu", "softmax", 0.0).describe() == before.describe()
