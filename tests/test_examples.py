@@ -47,7 +47,7 @@ def last_number(pattern: str, text: str) -> float:
 
 def test_every_example_is_tested():
     tested = {"seed_iris.py", "nielsen_mnist.py", "nielsen_network2.py", "fashion_mnist.py", "per_example_grads.py",
-              "ensemble.py", "fashion_cnn.py"}
+              "ensemble.py", "fashion_cnn.py", "deep_mlp.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} <= tested
 
 
@@ -119,6 +119,16 @@ def test_fashion_cnn():
     out = run_example("fashion_cnn.py", "--epochs", "1", "--limit", "1024", "--test-limit", "500")
     assert "images of shape (28, 28, 1)" in out and re.search(r"time: [\d.]+ s for 1 epochs", out)
     assert last_number(r"final test accuracy: ([\d.]+)", out) > 0.5
+
+
+@needs_fashion
+def test_deep_mlp_normalised_nets_train_where_the_plain_one_stalls(tmp_path):
+    figure = tmp_path / "deep.png"
+    out = run_example("deep_mlp.py", "--epochs", "2", "--limit", "3000", "--test-limit", "1000",
+                      "--figure", str(figure))
+    acc = {v: last_number(rf"final test accuracy: .*{v} ([\d.]+)", out) for v in ("plain", "layernorm", "batchnorm")}
+    assert acc["plain"] < 0.2 and acc["layernorm"] > 0.6 and acc["batchnorm"] > 0.6, acc
+    assert figure.stat().st_size > 10_000
 
 
 def test_per_example_grads():

@@ -13,7 +13,7 @@
 # ---
 
 # %% [markdown]
-# # Backpropagation by hand: the 4-2-3 network, then a deeper one
+# # Backpropagation by hand: the 4-2-3 network, a deeper one, blocks and BatchNorm
 #
 # The textbook network: 4 inputs, a hidden layer of 2 ReLU units, an output layer of 3 sigmoid units, and the
 # squared-error cost. In the textbook's notation a single example is a column vector and
@@ -280,7 +280,90 @@ print("inference mode (no key) is dropout-free:",
       np.allclose(block_net.apply(bparams, xb), (np.tanh(h @ P[2][0]["w"] + P[2][0]["b"]) + h) @ P[3]["w"] + P[3]["b"]))
 
 # %% [markdown]
-# ## 6. The picture
+# ## 6. The BatchNorm backward pass, step by step
+#
+# BatchNorm's backward is the derivation most often got wrong by hand (CS231n's second assignment). In training
+# mode, for each feature over a batch of $N$ values, with $g = \partial\mathcal{L}/\partial y$:
+#
+# $$\mu = \tfrac1N\textstyle\sum_n x_n,\quad c = x - \mu,\quad v = \tfrac1N\sum_n c_n^2,\quad
+# s = (v + \epsilon)^{-1/2},\quad \hat x = c\,s,\quad y = \gamma \hat x + \beta .$$
+#
+# Backward, node by node (each line uses only the ones above it):
+#
+# $$\bar{\hat x} = g\gamma,\quad \bar s = \textstyle\sum_n \bar{\hat x}_n c_n,\quad
+# \bar v = -\tfrac12 (v+\epsilon)^{-3/2}\,\bar s,\quad
+# \bar c = \bar{\hat x}\, s + \tfrac{2}{N} c\, \bar v,\quad \bar\mu = -\textstyle\sum_n \bar c_n,\quad
+# \bar x = \bar c + \tfrac1N \bar\mu ,$$
+#
+# and the three sums collapse into the compact form fnn computes,
+# $\bar x = \tfrac{\gamma s}{N}\big(N g - \sum_n g_n - \hat x \sum_n g_n \hat x_n\big)$, with
+# $\bar\gamma = \sum_n g_n \hat x_n$ and $\bar\beta = \sum_n g_n$. Below, every intermediate adjoint is
+# checked against `jax.grad` of the loss written as a function of that intermediate (everything downstream of
+# it recomputed from it), then the compact form against `fnn.backprop` and `fnn.autodiff`.
+
+# %%
+bn_net = fnn.serial(L.Dense(3, bias=False), L.BatchNorm(momentum=0.8), "tanh", L.Dense(2), input_shape=(4,))
+bn_params = bn_net.init(jax.random.key(5))
+bn_params[1] = {"scale": jnp.array([1.5, -0.7, 0.9]), "offset": jnp.array([0.1, 0.2, -0.3])}
+xn = np.array([[0.5, -1.0, 2.0, 0.1], [1.5, 0.3, -0.7, 0.9], [-0.2, 0.8, 0.4, -1.1], [0.9, -0.5, -1.3, 0.6]])
+yn = np.array([[0.2, -0.4], [1.0, 0.5], [-0.3, 0.1], [0.4, 0.9]])
+state0 = bn_net.init_state()
+_, bn_grads, state1, bn_trace = fnn.backprop(bn_net, bn_params, xn, yn, "quadratic", train=True, state=state0,
+                                            return_trace=True)
+Q = jax.tree_util.tree_map(np.asarray, bn_params)
+gamma, beta, eps, N = Q[1]["scale"], Q[1]["offset"], 1e-5, len(xn)
+xz = xn @ Q[0]["w"]                               # the BatchNorm layer's input
+g = np.asarray(bn_trace.layers[1].grad)           # dL/dy of the BatchNorm layer, from fnn's trace
+
+
+def after(y_bn):  # the loss as a function of BatchNorm's output (tanh, the last Dense, the quadratic cost)
+    out = jnp.tanh(y_bn) @ Q[3]["w"] + Q[3]["b"]
+    return 0.5 * jnp.sum((out - yn) ** 2) / N
+
+
+# the forward, node by node
+mu = xz.mean(0)
+c = xz - mu
+v = (c**2).mean(0)
+s = 1 / np.sqrt(v + eps)
+xhat = c * s
+ybn = gamma * xhat + beta
+np.testing.assert_allclose(g, jax.grad(after)(ybn), rtol=1e-12)
+# the backward, node by node; each checked against jax.grad of the loss as a function of that node
+d_xhat = g * gamma
+d_s = (d_xhat * c).sum(0)
+d_v = -0.5 * (v + eps) ** -1.5 * d_s
+d_c = d_xhat * s + 2 / N * c * d_v
+d_mu = -d_c.sum(0)
+d_x = d_c + d_mu / N
+checks = {
+    "x̂": (d_xhat, jax.grad(lambda xh: after(gamma * xh + beta))(xhat)),
+    "s": (d_s, jax.grad(lambda s_: after(gamma * c * s_ + beta))(s)),
+    "v": (d_v, jax.grad(lambda v_: after(gamma * c / jnp.sqrt(v_ + eps) + beta))(v)),
+    "c": (d_c, jax.grad(lambda c_: after(gamma * c_ / jnp.sqrt((c_**2).mean(0) + eps) + beta))(c)),
+    "μ": (d_mu, jax.grad(lambda m: after(gamma * (xz - m) / jnp.sqrt(((xz - m) ** 2).mean(0) + eps) + beta))(mu)),
+    "x": (d_x, jax.grad(lambda x_: after(gamma * (x_ - x_.mean(0)) / jnp.sqrt(x_.var(0) + eps) + beta))(xz)),
+}
+for node, (mine, ref) in checks.items():
+    np.testing.assert_allclose(mine, ref, rtol=1e-10, atol=1e-14, err_msg=node)
+    print(f"adjoint of {node}: by hand = jax.grad, max |difference| {np.abs(mine - ref).max():.1e}")
+compact = gamma * s / N * (N * g - g.sum(0) - xhat * (g * xhat).sum(0))
+np.testing.assert_allclose(compact, d_x, rtol=1e-12)                     # the compact form
+np.testing.assert_allclose(bn_trace.layers[0].grad, compact, rtol=1e-12)  # = what fnn passed to layer 0
+np.testing.assert_allclose(bn_grads[1]["scale"], (g * xhat).sum(0), rtol=1e-12)
+np.testing.assert_allclose(bn_grads[1]["offset"], g.sum(0), rtol=1e-12)
+np.testing.assert_allclose(bn_trace.layers[1].values["x_hat"], xhat, rtol=1e-12)   # the trace exposes x̂, μ, v
+np.testing.assert_allclose(bn_trace.layers[1].values["var"], v, rtol=1e-12)
+_, bn_auto, _ = fnn.autodiff(bn_net, bn_params, xn, yn, "quadratic", train=True, state=state0)
+np.testing.assert_allclose(bn_grads[0]["w"], bn_auto[0]["w"], rtol=1e-10)
+np.testing.assert_allclose(bn_grads[0]["w"], xn.T @ compact, rtol=1e-12)
+# the running statistics: momentum 0.8, the unbiased variance
+np.testing.assert_allclose(state1[1]["mean"], 0.8 * 0 + 0.2 * mu, rtol=1e-12)
+np.testing.assert_allclose(state1[1]["var"], 0.8 * 1 + 0.2 * v * N / (N - 1), rtol=1e-12)
+print("compact form = the node-by-node adjoint = fnn.backprop's dL/dx = jax.grad; running statistics updated")
+
+# %% [markdown]
+# ## 7. The picture
 #
 # Left: the textbook-shaped gradients of the 4-2-3 network (values written in; the switched-off hidden unit's row
 # is zero). Right: the three-way gradient check of the deeper network — log10 of the largest relative error per
