@@ -89,6 +89,14 @@ def check_layer_params(path: str, layer_params, expected) -> None:
                             f"float64), got params{index}[{name!r}] of dtype {dtype}{dtype_hint(dtype)}.")
 
 
+def _first_stateful(layers, prefix: str):
+    """``(path, kind)`` of the first layer with state, looking inside blocks."""
+    for l, layer in enumerate(layers):
+        if layer.init_state is not None:
+            return _first_stateful(layer.children, f"{prefix}{l}.") if layer.children else (f"{prefix}{l}", layer.kind)
+    return None
+
+
 @functools.lru_cache(maxsize=64)
 def _state_template(net):
     return jax.eval_shape(net.init_state)
@@ -104,10 +112,10 @@ def check_state(net, state):
     """
     if state is None:
         if net.stateful:
-            where = next(str(l) for l, lay in enumerate(net.layers) if lay.init_state is not None)
-            raise ValueError(f"This network has state (layer {where}: {net.layers[int(where)].kind}'s running "
-                             f"statistics), so every call needs state=: start from state = net.init_state() and "
-                             f"pass the state each training-mode call returns.")
+            where, kind = _first_stateful(net.layers, "")
+            raise ValueError(f"This network has state (layer {where}: {kind}'s running statistics), so every call "
+                             f"needs state=: start from state = net.init_state() and pass the state each "
+                             f"training-mode call returns.")
         return None
     want = _state_template(net)
     if not isinstance(state, (list, tuple)) or len(state) != len(want):

@@ -124,7 +124,7 @@ def test_fashion_cnn():
 @needs_fashion
 def test_deep_mlp_normalised_nets_train_where_the_plain_one_stalls(tmp_path):
     figure = tmp_path / "deep.png"
-    out = run_example("deep_mlp.py", "--epochs", "2", "--limit", "3000", "--test-limit", "1000",
+    out = run_example("deep_mlp.py", "--epochs", "1", "--limit", "2500", "--test-limit", "1000",
                       "--figure", str(figure))
     acc = {v: last_number(rf"final test accuracy: .*{v} ([\d.]+)", out) for v in ("plain", "layernorm", "batchnorm")}
     assert acc["plain"] < 0.2 and acc["layernorm"] > 0.6 and acc["batchnorm"] > 0.6, acc
