@@ -69,7 +69,7 @@ def _state(net, rng):
 
 def _case(net, loss, batch, rng):
     x = jnp.asarray(rng.normal(size=(batch, *net.input_shape)))
-    return _params(net, rng), x, make_targets(loss, batch, N_OUT, rng, jnp.float64)
+    return _params(net, rng), x, make_targets(loss, batch, N_OUT, rng, x.dtype)
 
 
 def assert_grads_close(got, want, what, rtol=1e-10):
