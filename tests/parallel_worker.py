@@ -116,9 +116,8 @@ def single(out: str) -> None:
     params_d = net_d.init(jax.random.key(3))
     kw = dict(key=jax.random.key(4), penalty=fnn.penalties.l2(0.05))
     one = fnn.curvature.first_order(net_d, params_d, xb, yb, LOSS, **kw)
-    for devices in (2, 4):
-        sharded = fnn.curvature.first_order(net_d, params_d, xb, yb, LOSS, devices=devices, **kw)
-        result[f"curvature_{devices}"] = {q: rel_err(sharded[q], one[q]) for q in one}
+    sharded = fnn.curvature.first_order(net_d, params_d, xb, yb, LOSS, devices=4, **kw)
+    result["curvature_4"] = {q: rel_err(sharded[q], one[q]) for q in one}
     result["curvature_keys"] = sorted(one)
 
     # synchronised BatchNorm: N devices on a global batch equal one device on it (params and running statistics)
@@ -131,8 +130,8 @@ def single(out: str) -> None:
         result[f"bn_step_{grads}"] = {"params": rel_err(p, ref_p), "state": rel_err(s, ref_s),
                                       "loss": abs(float(l) - float(ref_l)) / float(ref_l),
                                       "moved": rel_err(s, net_b.init_state())}
-    common = dict(loss=LOSS, epochs=2, batch_size=16, key=jax.random.key(1), progress=False, optimizer="adam",
-                  learning_rate=1e-2, state=net_b.init_state(), test=(x, y))
+    common = dict(loss=LOSS, epochs=1, batch_size=16, key=jax.random.key(1), progress=False, learning_rate=0.3,
+                  state=net_b.init_state(), test=(x, y))
     p1, s1, h1 = fnn.fit(net_b, params_b, (x, y), **common)
     p4, s4, h4 = fnn.fit(net_b, params_b, (x, y), devices=4, **common)
     result["bn_fit"] = {"params": rel_err(p4, p1), "state": rel_err(s4, s1), "acc_1": h1["test_accuracy"],

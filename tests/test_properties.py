@@ -84,7 +84,7 @@ def test_vmap_init_equals_loop(sizes, members, bias, init, seed):
             np.testing.assert_array_equal(got[i], want)
 
 
-@settings(max_examples=10)
+@settings(max_examples=6)
 @given(problems())
 def test_first_order_curvature_on_random_problems(problem):
     """fnn.curvature's per-example squared norms, second moments and variance equal those of materialised
