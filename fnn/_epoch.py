@@ -124,41 +124,42 @@ def make_update(net: Network, loss: _losses.Loss, grads: str, optimizer, *, axis
             # the new state is of the global batch already (synchronised statistics): the same on every device
             return (*jax.lax.pmean(out[:2], axis_name), *out[2:])
 
-    if net.stateful:
-        return _stateful_update(grad_fn, optimizer)
-    if optimizer is None:
+    apply = _parameter_step(optimizer)
+    if net.stateful:  # the optimizer-state slot carries (opt_state, state); every step in training mode
 
-        def update(params, opt_state, x, y, lr, key=None):
-            value, g = grad_fn(params, x, y, key)
-            new = jax.tree_util.tree_map(lambda p, d: p - (lr * d).astype(p.dtype), params, g)
-            return new, opt_state, value, g
+        def update(params, carry, x, y, lr, key=None):
+            opt_state, state = carry
+            value, g, state = grad_fn(params, x, y, key, state)
+            new, opt_state = apply(params, opt_state, g, lr)
+            return new, (opt_state, state), value, g
 
     else:
 
         def update(params, opt_state, x, y, lr, key=None):
             value, g = grad_fn(params, x, y, key)
-            updates, opt_state = optimizer.update(g, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, value, g
+            new, opt_state = apply(params, opt_state, g, lr)
+            return new, opt_state, value, g
 
     return update
 
 
-def _stateful_update(grad_fn, optimizer):
-    """The update of a net with state: the optimizer-state slot carries ``(opt_state, state)``, so the step
-    body, the epoch scan, the strict freeze, ensembles (vmap) and meshes (replicated) carry the network's state
-    exactly as they carry an optimizer's, and every training step runs in training mode."""
+def _parameter_step(optimizer):
+    """``(params, opt_state, grads, lr) -> (params, opt_state)``: plain SGD ``W := W - lr · dW`` without an
+    optimizer, else the optax update (``lr`` unused). With the network's state in the optimizer-state slot, the
+    step body, the epoch scan, the strict freeze, ensembles (vmap) and meshes (replicated) carry it exactly as
+    they carry an optimizer's."""
+    if optimizer is None:
 
-    def update(params, carry, x, y, lr, key=None):
-        opt_state, state = carry
-        value, g, state = grad_fn(params, x, y, key, state)
-        if optimizer is None:
-            new = jax.tree_util.tree_map(lambda p, d: p - (lr * d).astype(p.dtype), params, g)
-        else:
+        def step(params, opt_state, g, lr):
+            return jax.tree_util.tree_map(lambda p, d: p - (lr * d).astype(p.dtype), params, g), opt_state
+
+    else:
+
+        def step(params, opt_state, g, lr):
             updates, opt_state = optimizer.update(g, opt_state, params)
-            new = optax.apply_updates(params, updates)
-        return new, (opt_state, state), value, g
+            return optax.apply_updates(params, updates), opt_state
 
-    return update
+    return step
 
 
 # --- the order of an epoch ------------------------------------------------------------------------------

@@ -71,7 +71,7 @@ def _scaled(tree, scale: float):
     return _tree_map(lambda f: _factors.Factor(f.a, f.d * scale, f.shape), tree)
 
 
-def _quantities(net: Network, params: Params, x2: Array, y2: Array, loss, ctx: _layer.Context, penalty,
+def _quantities(net: Network, params: Params, x2: Array, y2: Array, loss, ctx: _layer.Context, pen,
                 wanted: tuple[str, ...], n_total: int) -> dict:
     """Everything on one (shard of the) batch: the loss, the grads and the ``wanted`` quantities, with sums
     over this shard's examples only (:func:`first_order` reduces them over devices)."""
@@ -81,7 +81,6 @@ def _quantities(net: Network, params: Params, x2: Array, y2: Array, loss, ctx: _
     if scale != 1:
         grads = _tree_map(lambda g: g * scale, grads)  # this shard's Σ_n g_n
     out = {"loss": value, "grad": grads}
-    pen = None if penalty is None else penalty.grad(params)
     if "batch_l2_grad" in wanted:
         l2 = _tree_map(_factors.squared_norms, tree)
         if pen is not None:
@@ -93,11 +92,11 @@ def _quantities(net: Network, params: Params, x2: Array, y2: Array, loss, ctx: _
     return out
 
 
-def _finish(out: dict, params: Params, penalty, wanted: tuple[str, ...], n_total: int) -> dict:
-    """The batch-wide quantities from the (reduced) sums: penalty terms, ``variance``."""
+def _finish(out: dict, params: Params, penalty, pen, wanted: tuple[str, ...], n_total: int) -> dict:
+    """The batch-wide quantities from the (reduced) sums: penalty terms, ``variance``. ``pen`` is the penalty's
+    gradient (None without a penalty), computed once by :func:`first_order`."""
     data = out.pop("grad")
     sgs = out.pop("sgs_data", None)
-    pen = None if penalty is None else penalty.grad(params)
     if pen is None:
         out["grad"] = data
     else:
@@ -154,16 +153,18 @@ def first_order(net: Network, params: Params, x: ArrayLike, y: ArrayLike, loss, 
     wanted = _check_wanted(quantities)
     _layer.check_factors(net.layers, wanted[0] if wanted else "first_order")
     loss, x2, y2 = prepare(net, params, x, y, loss)
-    pen = _penalties.get(penalty)
+    penalty = _penalties.get(penalty)
+    pen = None if penalty is None else penalty.grad(params)  # ∇R, shared by every g_n
     ctx = context(net, key, train)
     n = x2.shape[0]
     if devices is None:
-        return _finish(_quantities(net, params, x2, y2, loss, ctx, pen, wanted, n), params, pen, wanted, n)
+        return _finish(_quantities(net, params, x2, y2, loss, ctx, pen, wanted, n), params, penalty, pen, wanted,
+                       n)
     mesh = parallel.make_mesh(devices)
     local = parallel.check_batch_size(n, mesh)
     axis = parallel.DATA_AXIS
 
-    def shard(params, x2, y2, key):
+    def shard(params, x2, y2, key, pen):
         rows = jax.lax.axis_index(axis).astype(jnp.int32) * local + jnp.arange(local, dtype=jnp.int32)
         out = _quantities(net, params, x2, y2, loss, ctx._replace(key=key, axis_name=axis, rows=rows), pen,
                           wanted, n)
@@ -176,9 +177,9 @@ def first_order(net: Network, params: Params, x: ArrayLike, y: ArrayLike, loss, 
     split, same = PartitionSpec(axis), PartitionSpec()
     out_specs = {"loss": same, "grad": same, **({"batch_l2_grad": split} if "batch_l2_grad" in wanted else {}),
                  **({"sgs_data": same} if {"sum_grad_squared", "variance"} & set(wanted) else {})}
-    run = jax.shard_map(shard, mesh=mesh, in_specs=(same, split, split, same), out_specs=out_specs)
-    out = run(params, x2, y2, ctx.key)
-    return _finish(out, params, pen, wanted, n)
+    run = jax.shard_map(shard, mesh=mesh, in_specs=(same, split, split, same, same), out_specs=out_specs)
+    out = run(params, x2, y2, ctx.key, pen)
+    return _finish(out, params, penalty, pen, wanted, n)
 
 
 def batch_l2_grad(net: Network, params: Params, x: ArrayLike, y: ArrayLike, loss, **kwargs) -> Params:
