@@ -10,19 +10,25 @@ run in subprocesses (``tests/parallel_worker.py``) whose JSON the tests read:
 * two processes on localhost (gloo CPU collectives), 2 host devices each, each feeding its half of every
   batch: the params equal one process training on the whole batch.
 
-Both are started together, once per session, with a timeout so a hang fails instead of blocking CI. The
-one-process worker compiles as tests/test_layers.py compiles its matrix (XLA's CPU backend at optimisation level 0,
-no fusion emitters: less than half the time, nearly all of it compiling): each of its checks compares two runs
-in that process, compiled alike. The two-process run keeps the default compiler: it is compared with this process.
+Both are started together, once per session, with a timeout so a hang fails instead of blocking CI. Under
+pytest-xdist they are started once for all the workers: the first worker to take a lock in a directory they share
+starts them and writes each one's exit status and log next to its JSON; the others wait (as long) and read the
+same files, so a failed or hung run fails the tests in every worker. The one-process worker compiles as
+tests/test_layers.py compiles its matrix (XLA's CPU backend at optimisation level 0, no fusion emitters: less
+than half the time, nearly all of it compiling): each of its checks compares two runs in that process, compiled
+alike. The two-process run keeps the default compiler: it is compared with this process.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import jax
@@ -60,44 +66,129 @@ def _free_port() -> int:
 
 
 class _Run:
-    """A worker subprocess started now and waited for (with a timeout) on first use."""
+    """A worker subprocess this session owns: started now, waited for (with a timeout) by a thread, which then
+    writes ``<out>.status.json`` (exit code or timeout, and the log's tail) next to the worker's JSON."""
 
     def __init__(self, mode: str, out: Path, env: dict):
         self.out = out
         self.proc = subprocess.Popen([sys.executable, str(HERE / "parallel_worker.py"), mode, str(out)], env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self._result = None
+        self.thread = threading.Thread(target=self._wait, daemon=True)
+        self.thread.start()
 
-    def result(self) -> dict:
-        if self._result is None:
+    def _wait(self) -> None:
+        status = {"returncode": None, "timed_out": False, "log": ""}
+        try:
             try:
                 log, _ = self.proc.communicate(timeout=TIMEOUT)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 log, _ = self.proc.communicate()
-                pytest.fail(f"worker timed out after {TIMEOUT} s:\n{log[-4000:]}")
-            assert self.proc.returncode == 0, f"worker failed (exit {self.proc.returncode}):\n{log[-4000:]}"
+                status["timed_out"] = True
+            status.update(returncode=self.proc.returncode, log=(log or "")[-4000:])
+        except Exception as e:  # whatever happened, write a status: the readers must not wait for nothing
+            status["log"] += f"\nwaiting on the worker raised {e!r}"
+        _write_atomic(_status_path(self.out), json.dumps(status))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.thread.join()
+
+
+def _status_path(out: Path) -> Path:
+    return out.with_name(out.name + ".status.json")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class _Result:
+    """A worker's JSON, read (by any xdist worker) once its owner has written the status: waits with the same
+    timeout, and fails, with the log, if the worker failed or timed out, or if the owner ended without a status."""
+
+    def __init__(self, out: Path, lock: Path):
+        self.out, self.lock = out, lock
+        self._result = None
+
+    def _owner_gone(self) -> bool:
+        """The owner holds ``lock`` until every status is written; a lock taken now means it has let go."""
+        with open(self.lock, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return True
+
+    def result(self) -> dict:
+        if self._result is None:
+            status_path = _status_path(self.out)
+            deadline = time.monotonic() + TIMEOUT + 60  # the owner's own timeout, and time to write the status
+            while not status_path.exists():
+                if self._owner_gone() and not status_path.exists():
+                    pytest.fail(f"the session that started the worker for {self.out.name} ended without its status")
+                if time.monotonic() > deadline:
+                    pytest.fail(f"no status for {self.out.name} after {TIMEOUT + 60} s")
+                time.sleep(0.2)
+            status = json.loads(status_path.read_text())
+            if status["timed_out"]:
+                pytest.fail(f"worker timed out after {TIMEOUT} s:\n{status['log']}")
+            assert status["returncode"] == 0, f"worker failed (exit {status['returncode']}):\n{status['log']}"
             self._result = json.loads(self.out.read_text())
         return self._result
 
 
+def _shared_dir(tmp_path_factory) -> Path:
+    """A directory every process of this pytest session sees: under xdist the workers' base temporary
+    directories are siblings in the controller's, made fresh for the session; without xdist, this one's."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = tmp_path_factory.getbasetemp().parent / "parallel-shared"
+        shared.mkdir(exist_ok=True)
+        return shared
+    return tmp_path_factory.mktemp("parallel")
+
+
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory):
-    """Start every worker at once (they mostly wait on compilation), return ``{"single": run, "hosts": [runs]}``."""
-    tmp = tmp_path_factory.mktemp("parallel")
-    port = _free_port()
-    hosts = [
-        _Run("multihost", tmp / f"host{i}.json",
-             _env(2, FNN_COORDINATOR_ADDRESS=f"localhost:{port}", FNN_NUM_PROCESSES=str(NUM_PROCESSES),
-                  FNN_PROCESS_ID=str(i)))
-        for i in range(NUM_PROCESSES)
-    ]
-    single = _Run("single", tmp / "single.json", _env(4, fast_compile=True))
-    yield {"single": single, "hosts": hosts}
-    for run in [single, *hosts]:
-        if run.proc.poll() is None:
-            run.proc.kill()
-            run.proc.communicate()
+    """Start every worker at once (they mostly wait on compilation), return ``{"single": result, "hosts":
+    [results]}``. Under xdist every worker runs this fixture, and one owns the subprocesses: the first to take
+    the shared lock, which it holds until its session ends, after every status is written (so a lock another
+    process can take means the owner is gone). The others wait for the statuses and read the same files."""
+    shared = _shared_dir(tmp_path_factory)
+    lock, claim = shared / "lock", shared / "owner"
+    outs = {"single": shared / "single.json", "hosts": [shared / f"host{i}.json" for i in range(NUM_PROCESSES)]}
+    lock_file = open(lock, "a")  # the owner's lock lives as long as this stays open
+    owned: list[_Run] = []
+    try:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # the owner holds it (or one being decided, which will create the claim)
+            pass
+        else:
+            if claim.exists():  # an owner came and went: read what it left
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+            else:
+                claim.write_text(str(os.getpid()))
+                port = _free_port()
+                owned = [
+                    _Run("multihost", out,
+                         _env(2, FNN_COORDINATOR_ADDRESS=f"localhost:{port}", FNN_NUM_PROCESSES=str(NUM_PROCESSES),
+                              FNN_PROCESS_ID=str(i)))
+                    for i, out in enumerate(outs["hosts"])
+                ]
+                owned.append(_Run("single", outs["single"], _env(4, fast_compile=True)))
+        yield {"single": _Result(outs["single"], lock), "hosts": [_Result(out, lock) for out in outs["hosts"]]}
+    finally:
+        # Another xdist worker may still be waiting on a run: let it finish (each has its timeout). Alone, stop.
+        for run in owned:
+            if os.environ.get("PYTEST_XDIST_WORKER"):
+                run.thread.join()
+            run.stop()
+        lock_file.close()  # releases the lock
 
 
 # --- one process, 4 forced host devices -----------------------------------------------------------------
