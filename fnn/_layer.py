@@ -16,6 +16,16 @@ Protocol (every function is pure and traceable)::
         # dx = dL/dx, values = the layer's entries of the trace ("z", "delta" = dL/dz, "mask", "layers").
     factors(params, trace) -> {leaf: fnn._factors.Factor}   # each example's gradient, factored; None: no form
     init_state(dtype) -> state                       # only for layers with state (BatchNorm's running statistics)
+    rforward(params, v, record, rx, ctx) -> (ry, raux)     # the R-operator of forward (Pearlmutter 1994)
+    rbackward(params, v, record, raux, rx, trace, rg, ctx, at_z) -> (rgrads, rdx)   # ... and of backward
+
+The R-operator ``R{·}`` is the directional derivative along ``v`` (a params-shaped vector) of everything the
+passes compute: ``rforward`` gives ``ry = R{y}`` from ``rx = R{x}`` (None: the input does not depend on the
+params) and the layer's ``v``; ``rbackward`` gives ``R{grads}`` and ``rdx = R{dL/dx}`` from ``rg = R{dL/dy}``,
+``record = (x, y, aux)`` of the forward pass and the layer's first-order ``trace`` (:class:`LayerTrace`). With
+``trace=None`` every term in the first-order error is dropped: that is the backward pass of the network
+linearised at ``params``, which turns the Hessian-vector product into the generalised Gauss-Newton one
+(:mod:`fnn.second_order`). Both are None for a layer without second-order rules (named in a ``ValueError``).
 
 A layer with state reads its own entry as ``ctx.state`` in ``forward`` and returns the updated entry as
 ``aux["state"]`` (the same entry when nothing changes); :func:`new_state` collects them into the next state, one
@@ -38,7 +48,8 @@ import numpy as np
 from fnn._types import Array, PRNGKey
 
 __all__ = ["Context", "Spec", "Layer", "LayerTrace", "forward", "backward", "factors", "layer_context",
-           "positive_int", "no_params", "no_factors", "init_state", "new_state", "check_factors"]
+           "positive_int", "no_params", "no_factors", "init_state", "new_state", "check_factors", "rforward",
+           "rbackward", "check_second_order"]
 
 
 class Context(NamedTuple):
@@ -97,6 +108,7 @@ class Layer:
       children: the bound inner layers of a block (Residual), else ().
       init_state: ``init_state(dtype) -> state`` for a layer with state (BatchNorm; a block with such inner
         layers), else None (its state entry is ``{}``).
+      rforward, rbackward: the R-operator rules (module docstring), None where not written.
     """
 
     kind: str
@@ -112,6 +124,8 @@ class Layer:
     stochastic: bool = False
     children: tuple = ()
     init_state: Callable | None = None
+    rforward: Callable | None = None
+    rbackward: Callable | None = None
 
     def __repr__(self) -> str:
         if self.children:
@@ -225,3 +239,50 @@ def factors(layers, params, traces, what: str, prefix: str = "") -> list:
         else:
             out.append(layer.factors(p, t))
     return out
+
+
+# --- the R-operator (second order) ---------------------------------------------------------------------
+
+def check_second_order(layers, what: str, prefix: str = "") -> None:
+    """Raise a ValueError naming the first layer (by path and kind) without R-operator rules, or whose
+    activation record has no ``jvp``/``second``, before anything is computed."""
+    for l, layer in enumerate(layers):
+        path = f"{prefix}{l}"
+        if layer.children:
+            check_second_order(layer.children, what, f"{path}.")
+        elif layer.rforward is None or layer.rbackward is None:
+            raise ValueError(f"{what}: layer {path} ({layer.kind}) has no second-order (R-operator) rules written, "
+                             f"so {what} is not available for this network; the layers with them are Dense, "
+                             f"Activation, Dropout, Residual, Conv2D, MaxPool2D, AvgPool2D and Flatten.")
+        elif layer.activation is not None and (layer.activation.jvp is None or layer.activation.second is None):
+            raise ValueError(f"{what}: layer {path} ({layer.kind}) uses activation {layer.activation.name!r}, whose "
+                             f"record has no jvp/second rule (fnn.activations.Activation's second-order fields).")
+
+
+def rforward(layers, params, v, records, rx, ctx: Context):
+    """The R-operator of :func:`forward` along ``v``: ``(R{output}, rrecords)`` with ``rrecords[l] = (rx, raux)``
+    of layer ``l``; ``rx`` = R{input} (None: zero)."""
+    rrecords = []
+    for l, (layer, p, vl) in enumerate(zip(layers, params, v, strict=True)):
+        lctx = layer_context(ctx, l)
+        if ctx.state is not None:
+            lctx = lctx._replace(state=ctx.state[l])
+        ry, raux = layer.rforward(p, vl, records[l], rx, lctx)
+        rrecords.append((rx, raux))
+        rx = ry
+    return rx, rrecords
+
+
+def rbackward(layers, params, v, records, rrecords, traces, rg: Array, ctx: Context, *, at_z: bool = False):
+    """The R-operator of :func:`backward`: ``(R{grads}, R{dL/dx})`` from ``rg`` = R{dL/d(output)} (R{dL/dz}
+    with ``at_z``). ``traces`` is the first-order pass's list of :class:`LayerTrace`, or None for the
+    linearised network (the Gauss-Newton product: first-order error terms dropped)."""
+    n = len(layers)
+    rgrads: list = [None] * n
+    for l in reversed(range(n)):
+        rx, raux = rrecords[l]
+        trace = None if traces is None else traces[l]
+        rgrads[l], rg = layers[l].rbackward(params[l], v[l], records[l], raux, rx, trace, rg, layer_context(ctx, l),
+                                            at_z)
+        at_z = False
+    return rgrads, rg

@@ -114,6 +114,11 @@ def Conv2D(filters: int, kernel_size, *, stride=1, padding="SAME", activation="i
                 z = z + p["b"][None, None, None, :]
             return act.forward(z), {"z": z, "columns": cols}
 
+        def input_grad(delta, w):  # dx = conv(dilate(δ), flip(w)ᵀ): linear in δ and in w
+            flipped = jnp.transpose(w[::-1, ::-1], (0, 1, 3, 2))  # (kh, kw, F, C)
+            return lax.conv_general_dilated(delta, flipped, (1, 1), dx_pads, lhs_dilation=(sh, sw),
+                                            dimension_numbers=_DIMS)
+
         def backward(p, x, y, aux, g, ctx, at_z):
             z = aux["z"]
             delta = g if at_z else act.backward(z, y, g)
@@ -122,10 +127,36 @@ def Conv2D(filters: int, kernel_size, *, stride=1, padding="SAME", activation="i
             grads = {"w": (aux["columns"].T @ d2).reshape(kh, kw, c, filters)}
             if "b" in p:
                 grads["b"] = jnp.sum(d2, axis=0)
-            flipped = jnp.transpose(p["w"][::-1, ::-1], (0, 1, 3, 2))  # (kh, kw, F, C)
-            dx = lax.conv_general_dilated(delta, flipped, (1, 1), dx_pads, lhs_dilation=(sh, sw),
-                                          dimension_numbers=_DIMS)
-            return grads, dx, {"z": z, "delta": delta}
+            return grads, input_grad(delta, p["w"]), {"z": z, "delta": delta}
+
+        def rforward(p, v, record, rx, ctx):  # z is bilinear in (x, w): R{z} = conv(x, v_w) + conv(rx, w) + v_b
+            x, y, aux = record
+            rz = aux["columns"] @ v["w"].reshape(kh * kw * c, filters)
+            rcols = None if rx is None else columns(rx)
+            if rcols is not None:
+                rz = rz + rcols @ p["w"].reshape(kh * kw * c, filters)
+            rz = rz.reshape(x.shape[0], ho, wo, filters)
+            if "b" in p:
+                rz = rz + v["b"][None, None, None, :]
+            return act.jvp(aux["z"], y, rz), {"rz": rz, "columns": rcols}
+
+        def rbackward(p, v, record, raux, rx, trace, rg, ctx, at_z):
+            x, y, aux = record
+            n = x.shape[0]
+            rdelta = rg if at_z else act.backward(aux["z"], y, rg)
+            if trace is not None and not at_z:
+                rdelta = rdelta + act.second(aux["z"], y, trace.grad, raux["rz"])
+            rd2 = rdelta.reshape(n * ho * wo, filters)
+            rw, rdx = aux["columns"].T @ rd2, input_grad(rdelta, p["w"])
+            if trace is not None:  # the terms in δ: R{Pᵀδ} ∋ R{P}ᵀ δ,  R{dx(δ, w)} ∋ dx(δ, v_w)
+                delta = trace.values["delta"]
+                rdx = rdx + input_grad(delta, v["w"])
+                if raux["columns"] is not None:
+                    rw = rw + raux["columns"].T @ delta.reshape(n * ho * wo, filters)
+            rgrads = {"w": rw.reshape(kh, kw, c, filters)}
+            if "b" in p:
+                rgrads["b"] = jnp.sum(rd2, axis=0)
+            return rgrads, rdx
 
         def factors(p, trace):
             n = trace.input.shape[0]
@@ -136,7 +167,7 @@ def Conv2D(filters: int, kernel_size, *, stride=1, padding="SAME", activation="i
             return out
 
         return _layer.Layer("Conv2D", config, (h, w, c), (ho, wo, filters), act, shapes, init_fn, forward, backward,
-                            factors)
+                            factors, rforward=rforward, rbackward=rbackward)
 
     return Spec("Conv2D", config, bind)
 
@@ -154,8 +185,14 @@ def Flatten() -> Spec:
         def backward(p, x, y, aux, g, ctx, at_z):
             return {}, g.reshape(x.shape), {}
 
+        def rforward(p, v, record, rx, ctx):
+            return (None if rx is None else rx.reshape(rx.shape[0], size)), {}
+
+        def rbackward(p, v, record, raux, rx, trace, rg, ctx, at_z):
+            return {}, rg.reshape(record[0].shape)
+
         return _layer.Layer("Flatten", {}, tuple(shape), (size,), None, {}, _layer.no_params, forward, backward,
-                            _layer.no_factors)
+                            _layer.no_factors, rforward=rforward, rbackward=rbackward)
 
     return Spec("Flatten", {}, bind)
 

@@ -56,8 +56,21 @@ from fnn import penalties as _penalties
 from fnn._types import Array, ArrayLike, Params, PRNGKey
 from fnn.backprop import backprop_in, prepare
 from fnn.network import Network, context
+from fnn.second_order import (
+    MATRICES,
+    Eigen,
+    diag_ggn,
+    ggn_vector_product,
+    hessian_vector_product,
+    kfac,
+    kflr,
+    top_eigenvalue,
+)
 
-__all__ = ["FIRST_ORDER", "first_order", "batch_l2_grad", "sum_grad_squared", "variance"]
+__all__ = ["FIRST_ORDER", "first_order", "batch_l2_grad", "sum_grad_squared", "variance",
+           # second order (fnn.second_order, re-exported here: one namespace for BackPACK's quantities)
+           "hessian_vector_product", "ggn_vector_product", "diag_ggn", "kfac", "kflr", "top_eigenvalue", "Eigen",
+           "MATRICES"]
 
 #: The first-order quantities :func:`first_order` computes, in BackPACK's names.
 FIRST_ORDER = ("batch_l2_grad", "sum_grad_squared", "variance")

@@ -115,7 +115,30 @@ def Dense(units: int, activation="identity", *, bias: bool = True, init="glorot_
                 out["b"] = Factor.dense(None, delta, (units,))
             return out
 
-        return _layer.Layer("Dense", config, shape, (units,), act, shapes, init_fn, forward, backward, factors)
+        def rforward(p, v, record, rx, ctx):
+            x, y, aux = record
+            rz = x @ v["w"] if rx is None else x @ v["w"] + rx @ p["w"]
+            if "b" in p:
+                rz = rz + v["b"][None, :]
+            return act.jvp(aux["z"], y, rz), {"rz": rz}
+
+        def rbackward(p, v, record, raux, rx, trace, rg, ctx, at_z):
+            x, y, aux = record
+            rdelta = rg if at_z else act.backward(aux["z"], y, rg)
+            if trace is not None and not at_z:
+                rdelta = rdelta + act.second(aux["z"], y, trace.grad, raux["rz"])
+            rgrads, rdx = {"w": x.T @ rdelta}, rdelta @ p["w"].T
+            if trace is not None:  # R{δ wᵀ} = Rδ wᵀ + δ vᵀ,  R{xᵀδ} = xᵀ Rδ + Rxᵀ δ
+                delta = trace.values["delta"]
+                rdx = rdx + delta @ v["w"].T
+                if rx is not None:
+                    rgrads["w"] = rgrads["w"] + rx.T @ delta
+            if "b" in p:
+                rgrads["b"] = jnp.sum(rdelta, axis=0)
+            return rgrads, rdx
+
+        return _layer.Layer("Dense", config, shape, (units,), act, shapes, init_fn, forward, backward, factors,
+                            rforward=rforward, rbackward=rbackward)
 
     return Spec("Dense", config, bind)
 
@@ -135,8 +158,22 @@ def Activation(activation) -> Spec:
             delta = g if at_z else act.backward(x, y, g)
             return {}, delta, {"z": x, "delta": delta}
 
+        def rforward(p, v, record, rx, ctx):
+            x, y, _ = record
+            rz = jnp.zeros_like(x) if rx is None else rx
+            return (None if rx is None else act.jvp(x, y, rx)), {"rz": rz}
+
+        def rbackward(p, v, record, raux, rx, trace, rg, ctx, at_z):
+            x, y, _ = record
+            if at_z:
+                return {}, rg
+            rdx = act.backward(x, y, rg)
+            if trace is not None and rx is not None:
+                rdx = rdx + act.second(x, y, trace.grad, rx)
+            return {}, rdx
+
         return _layer.Layer("Activation", {"activation": act.name}, shape, shape, act, {}, _layer.no_params, forward,
-                            backward, _layer.no_factors)
+                            backward, _layer.no_factors, rforward=rforward, rbackward=rbackward)
 
     return Spec("Activation", {"activation": act.name}, bind)
 
@@ -177,8 +214,16 @@ def Dropout(rate: float) -> Spec:
                 return {}, g, {}
             return {}, g * aux["scale"], {"mask": aux["keep"]}
 
+        def rforward(p, v, record, rx, ctx):  # linear in x (the mask fixed)
+            aux = record[2]
+            return (rx if rx is None or "scale" not in aux else rx * aux["scale"]), {}
+
+        def rbackward(p, v, record, raux, rx, trace, rg, ctx, at_z):
+            aux = record[2]
+            return {}, (rg * aux["scale"] if "scale" in aux else rg)
+
         return _layer.Layer("Dropout", {"rate": rate}, shape, shape, None, {}, _layer.no_params, forward, backward,
-                            _layer.no_factors, stochastic=rate > 0)
+                            _layer.no_factors, stochastic=rate > 0, rforward=rforward, rbackward=rbackward)
 
     return Spec("Dropout", {"rate": rate}, bind)
 
@@ -225,9 +270,19 @@ def Residual(*layers) -> Spec:
             grads, dx, traces = _layer.backward(inner, p, aux["records"], g, ctx)
             return grads, g + dx, {"layers": traces}
 
+        def rforward(p, v, record, rx, ctx):
+            rfx, rrecords = _layer.rforward(inner, p, v, record[2]["records"], rx, ctx)
+            return (rfx if rx is None else rx + rfx), {"records": rrecords}
+
+        def rbackward(p, v, record, raux, rx, trace, rg, ctx, at_z):
+            traces = None if trace is None else trace.values["layers"]
+            rgrads, rdx = _layer.rbackward(inner, p, v, record[2]["records"], raux["records"], traces, rg, ctx)
+            return rgrads, rg + rdx
+
         return _layer.Layer("Residual", {"layers": specs}, shape, shape, None, [lay.param_shapes for lay in inner],
                             init_fn, forward, backward, None, any(lay.stochastic for lay in inner), inner,
-                            (lambda dtype: _layer.init_state(inner, dtype)) if stateful else None)
+                            (lambda dtype: _layer.init_state(inner, dtype)) if stateful else None, rforward,
+                            rbackward)
 
     return Spec("Residual", {"layers": specs}, bind)
 

@@ -26,6 +26,22 @@ its own Bernoulli log-likelihood), so with one output it is the usual mean over 
 The numerically dangerous pairs — softmax output + (sparse) categorical cross-entropy, sigmoid output +
 binary cross-entropy — are fused by :func:`fused`: the loss is computed from the pre-activations
 (log-softmax, softplus) and the output error term is the closed form ``(a - y) / N``.
+
+**Second order** (for :mod:`fnn.curvature`). Per example, ``H_n = ∂²L/∂pred_n²`` (the ``1/N`` included), a
+factor ``S_n`` with ``S_n S_nᵀ = H_n`` (the exact GGN backpropagates it) and sampled factors with
+``E[S_n S_nᵀ] = H_n`` (``m`` gradients of ``-log p(ŷ | pred) / √(N m)``, ``ŷ`` drawn from the model; the Fisher,
+equal to ``H_n`` for these likelihoods on their natural parameters)::
+
+    mse            2 I / (N K)                            S = √(2/(N K)) I         sampled √(2/(N K)) ε / √m
+    quadratic      I / N                                  S = I / √N               sampled ε / √(N m)
+    bce            diag(y/p² + (1-y)/(1-p)²) / N          S = √H (diagonal)        (no sampled form)
+    cce            diag(y / p²) / N                       S = √H (diagonal)        (no sampled form)
+    sigmoid BCE    diag(s (1 - s)) / N,   s = sigmoid(z)  S = √H (diagonal)        sampled (s - ŷ) / √(N m)
+    softmax CE     t (diag p - p pᵀ) / N, p = softmax(z)  S = √(t/N)(diag √p - p √pᵀ)  sampled √t (p - e_ŷ) / √(N m)
+
+(``t = Σ_k y_k``, 1 for sparse labels; ``ε`` standard normal; ``ŷ ~ Bern(s)`` or ``Cat(p)``; the clipped
+cross-entropies have ``H = 0`` where ``p`` is clipped, as their gradient.) For softmax, ``S Sᵀ`` is
+``diag p - 2 p pᵀ + p (Σ p) pᵀ = diag p - p pᵀ``. A fused pair has the from-logits loss's fields, in ``z``.
 """
 
 from __future__ import annotations
@@ -35,14 +51,14 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from fnn import activations as _act
 from fnn._registry import lookup
+from fnn._targets import check_label_range, check_targets
 from fnn._types import Array
-from fnn.network import numeric_array
 
-__all__ = ["Loss", "Fused", "get", "names", "register", "fused", "natural_output", "check_targets", "REGISTRY"]
+__all__ = ["Loss", "Fused", "get", "names", "register", "fused", "natural_output", "check_targets", "check_label_range",
+           "REGISTRY"]
 
 
 class Loss(NamedTuple):
@@ -54,6 +70,17 @@ class Loss(NamedTuple):
       grad: ``(pred, y) -> dL/dpred`` of shape ``(batch, n_out)``.
       sparse: True when ``y`` holds integer labels of shape ``(batch,)``.
       from_logits: True when ``pred`` is expected to be logits (use an ``identity`` output layer).
+      hvp: ``(pred, y, v) -> (∂²L/∂pred²) v``, the Hessian of the loss with respect to the prediction applied to
+        ``v`` (batch-shaped like ``pred``; the loss is a sum over examples, so the Hessian is block-diagonal).
+      sqrt_hessian: ``(pred, y) -> S`` of shape ``(batch, n_out, C)`` with ``S_n S_nᵀ`` = example ``n``'s block
+        of that Hessian (the batch mean's ``1/N`` included), the factor the exact GGN backpropagates.
+      sample_sqrt_hessian: ``(key, pred, y, m) -> S`` of shape ``(batch, n_out, m)`` with ``E[S_n S_nᵀ]`` =
+        the same block: ``m`` sampled gradients of the negative log-likelihood (targets drawn from the model's
+        predictive distribution), for the Monte-Carlo GGN. None where the loss is no such likelihood on its
+        input (the cross-entropies over probabilities: use the fused or from-logits forms).
+
+    The second-order fields are None for a record registered without them; :mod:`fnn.curvature` then names
+    the loss in a ``ValueError``.
     """
 
     name: str
@@ -61,6 +88,9 @@ class Loss(NamedTuple):
     grad: Callable[[Array, Array], Array]
     sparse: bool = False
     from_logits: bool = False
+    hvp: Callable[[Array, Array, Array], Array] | None = None
+    sqrt_hessian: Callable[[Array, Array], Array] | None = None
+    sample_sqrt_hessian: Callable | None = None
 
     def __repr__(self) -> str:
         return f"Loss({self.name!r})"
@@ -165,6 +195,86 @@ def _d_sparse_softmax_ce(z, y):
     return _d_softmax_ce(z, _labels_one_hot(y, z))
 
 
+# --- second order: the Hessian with respect to the prediction, its factor, sampled factors (module docstring) ---
+
+def _root(h, p):
+    return jnp.sqrt(jnp.asarray(h, p.dtype))
+
+
+def _constant(h):
+    """``(hvp, sqrt_hessian, sample)`` of a loss whose Hessian is ``h(pred) · I`` (mse, quadratic)."""
+    def hvp(p, y, v):
+        return v * jnp.asarray(h(p), p.dtype)
+
+    def sqrt_hessian(p, y):
+        return jnp.broadcast_to(jnp.eye(p.shape[-1], dtype=p.dtype)[None] * _root(h(p), p), (*p.shape, p.shape[-1]))
+
+    def sample(key, p, y, m):
+        return jax.random.normal(key, (*p.shape, m), p.dtype) * _root(h(p) / m, p)
+    return hvp, sqrt_hessian, sample
+
+
+def _diagonal(h, one_hot=False):
+    """``hvp`` and ``sqrt_hessian`` (``diag √h``) of a loss whose Hessian is ``diag h(pred, y)``."""
+    fix = (lambda p, y: _labels_one_hot(y, p)) if one_hot else (lambda p, y: y)
+    return ((lambda p, y, v: h(p, fix(p, y)) * v),
+            (lambda p, y: jnp.sqrt(h(p, fix(p, y)))[:, :, None] * jnp.eye(p.shape[-1], dtype=p.dtype)[None]))
+
+
+def _h_bce(p, y):
+    q = _clip_both(p)
+    return jnp.where(_inside_both(p), y / (q * q) + (1 - y) / ((1 - q) * (1 - q)), 0) / _n(p)
+
+
+def _h_cce(p, y):
+    q = _clip_low(p)
+    return jnp.where(_inside_low(p), y / (q * q), 0) / _n(p)
+
+
+def _h_sigmoid_bce(z, y):
+    s = jax.lax.logistic(z)
+    return s * (1 - s) / _n(z)
+
+
+def _sample_sigmoid_bce(key, z, y, m):
+    s = jax.lax.logistic(z)
+    draws = jax.random.bernoulli(key, s[..., None], (*z.shape, m)).astype(z.dtype)
+    return (s[..., None] - draws) / _root(_n(z) * m, z)
+
+
+def _softmax(sparse):
+    """``(hvp, sqrt_hessian, sample)`` of softmax cross-entropy on logits (``t = Σ_k y_k``, 1 when sparse)."""
+    def total(z, y):
+        return jnp.ones((z.shape[0], 1), z.dtype) if sparse else jnp.sum(y, axis=-1, keepdims=True)
+
+    def hvp(z, y, v):
+        p = _act.softmax.forward(z)
+        return total(z, y) * (p * v - p * jnp.sum(p * v, axis=-1, keepdims=True)) / _n(z)
+
+    def sqrt_hessian(z, y):
+        p = _act.softmax.forward(z)
+        s = jnp.sqrt(p)[:, :, None] * jnp.eye(z.shape[-1], dtype=z.dtype)[None] - p[:, :, None] * jnp.sqrt(p)[:, None]
+        return s * jnp.sqrt(total(z, y) / _n(z))[:, :, None]
+
+    def sample(key, z, y, m):
+        draws = jax.random.categorical(key, z[:, None, :], axis=-1, shape=(z.shape[0], m))  # (N, m)
+        one_hot = jax.nn.one_hot(draws, z.shape[-1], dtype=z.dtype, axis=1)  # (N, K, m)
+        return (_act.softmax.forward(z)[:, :, None] - one_hot) * jnp.sqrt(total(z, y) / (_n(z) * m))[:, :, None]
+    return hvp, sqrt_hessian, sample
+
+
+_SECOND = {  # name: (hvp, sqrt_hessian, sample_sqrt_hessian)
+    "mse": _constant(lambda p: 2 / p.size),
+    "quadratic": _constant(lambda p: 1 / _n(p)),
+    "binary_cross_entropy": (*_diagonal(_h_bce), None),
+    "categorical_cross_entropy": (*_diagonal(_h_cce), None),
+    "sparse_categorical_cross_entropy": (*_diagonal(_h_cce, one_hot=True), None),
+    "sigmoid_binary_cross_entropy": (*_diagonal(_h_sigmoid_bce), _sample_sigmoid_bce),
+    "softmax_cross_entropy": _softmax(False),
+    "sparse_softmax_cross_entropy": _softmax(True),
+}
+
+
 REGISTRY: dict[str, Loss] = {}
 
 
@@ -177,19 +287,25 @@ def register(loss: Loss, *aliases: str) -> Loss:
     return loss
 
 
-mse = register(Loss("mse", _mse, _d_mse))
-quadratic = register(Loss("quadratic", _quadratic, _d_quadratic))
-binary_cross_entropy = register(Loss("binary_cross_entropy", _bce, _d_bce), "bce")
-categorical_cross_entropy = register(Loss("categorical_cross_entropy", _cce, _d_cce), "cce")
+mse = register(Loss("mse", _mse, _d_mse, False, False, *_SECOND["mse"]))
+quadratic = register(Loss("quadratic", _quadratic, _d_quadratic, False, False, *_SECOND["quadratic"]))
+binary_cross_entropy = register(Loss("binary_cross_entropy", _bce, _d_bce, False, False,
+                                          *_SECOND["binary_cross_entropy"]), "bce")
+categorical_cross_entropy = register(Loss("categorical_cross_entropy", _cce, _d_cce, False, False,
+                                       *_SECOND["categorical_cross_entropy"]), "cce")
 sparse_categorical_cross_entropy = register(
-    Loss("sparse_categorical_cross_entropy", _sparse_cce, _d_sparse_cce, sparse=True)
+    Loss("sparse_categorical_cross_entropy", _sparse_cce, _d_sparse_cce, True, False,
+         *_SECOND["sparse_categorical_cross_entropy"])
 )
 sigmoid_binary_cross_entropy = register(
-    Loss("sigmoid_binary_cross_entropy", _sigmoid_bce, _d_sigmoid_bce, from_logits=True)
+    Loss("sigmoid_binary_cross_entropy", _sigmoid_bce, _d_sigmoid_bce, False, True,
+         *_SECOND["sigmoid_binary_cross_entropy"])
 )
-softmax_cross_entropy = register(Loss("softmax_cross_entropy", _softmax_ce, _d_softmax_ce, from_logits=True))
+softmax_cross_entropy = register(Loss("softmax_cross_entropy", _softmax_ce, _d_softmax_ce, False, True,
+                                        *_SECOND["softmax_cross_entropy"]))
 sparse_softmax_cross_entropy = register(
-    Loss("sparse_softmax_cross_entropy", _sparse_softmax_ce, _d_sparse_softmax_ce, sparse=True, from_logits=True)
+    Loss("sparse_softmax_cross_entropy", _sparse_softmax_ce, _d_sparse_softmax_ce, True, True,
+         *_SECOND["sparse_softmax_cross_entropy"])
 )
 
 
@@ -216,10 +332,15 @@ class Fused(NamedTuple):
     Attributes:
       value: ``(z, y) -> scalar``, the loss computed from the output pre-activations ``z``.
       delta: ``(z, a, y) -> dL/dz``, the closed-form output error term (``a = activation(z)``).
+      hvp, sqrt_hessian, sample_sqrt_hessian: the second-order fields of :class:`Loss`, with respect to ``z``
+        (those of the from-logits loss the pair equals: the GGN of a fused pair linearises at the logits).
     """
 
     value: Callable[[Array, Array], Array]
     delta: Callable[[Array, Array, Array], Array]
+    hvp: Callable[[Array, Array, Array], Array] | None = None
+    sqrt_hessian: Callable[[Array, Array], Array] | None = None
+    sample_sqrt_hessian: Callable | None = None
 
 
 def _delta_softmax_ce(z, a, y):
@@ -235,9 +356,11 @@ def _delta_sigmoid_bce(z, a, y):
 
 
 _FUSED = {
-    ("softmax", "categorical_cross_entropy"): Fused(_softmax_ce, _delta_softmax_ce),
-    ("softmax", "sparse_categorical_cross_entropy"): Fused(_sparse_softmax_ce, _delta_sparse_softmax_ce),
-    ("sigmoid", "binary_cross_entropy"): Fused(_sigmoid_bce, _delta_sigmoid_bce),
+    ("softmax", "categorical_cross_entropy"): Fused(_softmax_ce, _delta_softmax_ce, *_SECOND["softmax_cross_entropy"]),
+    ("softmax", "sparse_categorical_cross_entropy"): Fused(_sparse_softmax_ce, _delta_sparse_softmax_ce,
+                                                           *_SECOND["sparse_softmax_cross_entropy"]),
+    ("sigmoid", "binary_cross_entropy"): Fused(_sigmoid_bce, _delta_sigmoid_bce,
+                                               *_SECOND["sigmoid_binary_cross_entropy"]),
 }
 
 
@@ -260,16 +383,8 @@ def natural_output(loss: str | Loss) -> str | None:
     * None for mse and quadratic (and any other loss on values): any output activation fits.
 
     The cross-entropies over probabilities are paired with the activation :func:`fused` has a closed form
-    for, so a network built with this output gets the stable fused loss and delta.
-
-    Args:
-      loss: a loss name (aliases such as ``"bce"`` work) or a :class:`Loss` record.
-
-    Returns:
-      The activation name, or None.
-
-    Raises:
-      ValueError: for an unknown loss name.
+    for, so a network built with this output gets the stable fused loss and delta. ``loss``: a name (aliases
+    such as ``"bce"`` work) or a :class:`Loss` record; an unknown name is a ValueError.
 
     Example:
       >>> natural_output("sparse_categorical_cross_entropy")
@@ -281,66 +396,3 @@ def natural_output(loss: str | Loss) -> str | None:
     if loss.from_logits:
         return "identity"
     return next((act for act, name in _FUSED if name == loss.name), None)
-
-
-def check_label_range(loss: Loss, labels: np.ndarray, n_out: int) -> None:
-    """Raise ``ValueError`` unless the concrete integer ``labels`` of a sparse loss lie in ``[0, n_out)``, naming
-    the first label outside it and its index. Check host labels before any cast: int64 labels of 2**31 and
-    above would wrap into the range (4294967297 -> 1) in JAX without x64."""
-    labels = np.asarray(labels)
-    outside = (labels < 0) | (labels >= n_out)
-    if labels.size and outside.any():
-        first = np.unravel_index(np.argmax(outside), labels.shape)
-        index = first[0] if len(first) == 1 else tuple(int(i) for i in first)
-        raise ValueError(
-            f"Loss {loss.name!r}: labels must lie in [0, {n_out}) for a network with {n_out} outputs, "
-            f"got label {labels[first]} at index {index} ({int(outside.sum())} outside; labels from "
-            f"{labels.min()} to {labels.max()})."
-        )
-
-
-def check_targets(loss: Loss, y, n_out: int, batch: int, dtype=None) -> Array:
-    """Validate targets against a network output and return them as an array of the canonical shape.
-
-    Dense losses take ``y`` of shape ``(batch, n_out)``, or ``(batch,)`` when ``n_out == 1``. Sparse losses
-    take integer labels of shape ``(batch,)`` in ``[0, n_out)``; the range is checked when the labels are
-    concrete, on the host at their own width (int64 labels of 2**31 and above are refused, not wrapped by a
-    cast to int32); labels that are JAX tracers (under the caller's ``jit``) cannot be checked. Dense targets
-    are cast to ``dtype`` (the network's) when it is given; integer ones on the host, at full width.
-
-    Raises:
-      ValueError: wrong shape, batch size or one-hot width, or labels out of range.
-      TypeError: float labels for a sparse loss; targets of objects, strings or complex numbers.
-    """
-    y = numeric_array("y", y)  # NumPy (full width) or a JAX array: nothing narrowed yet
-    if loss.sparse:
-        if not jnp.issubdtype(y.dtype, jnp.integer):
-            raise TypeError(
-                f"Loss {loss.name!r} expects integer class labels of shape ({batch},), got dtype {y.dtype} "
-                f"with shape {y.shape}. Use the dense loss with one-hot targets, or cast labels to int."
-            )
-        if y.shape != (batch,):
-            raise ValueError(
-                f"Loss {loss.name!r} expects integer labels of shape ({batch},) (one per example), got shape {y.shape}."
-            )
-        try:
-            labels = np.asarray(y)
-        except jax.errors.TracerArrayConversionError:
-            return y
-        check_label_range(loss, labels, n_out)
-        return jnp.asarray(y)  # in [0, n_out) now, so a cast to int32 cannot wrap
-    if y.ndim == 1 and n_out == 1 and y.shape[0] == batch:
-        y = y[:, None]
-    if y.shape != (batch, n_out):
-        raise ValueError(
-            f"Loss {loss.name!r} expects targets of shape ({batch}, {n_out}) to match the network output "
-            f"(batch {batch}, {n_out} outputs), got shape {y.shape}."
-        )
-    if isinstance(y, np.ndarray) and not jnp.issubdtype(y.dtype, jnp.inexact):
-        y = y.astype(jnp.result_type(float) if dtype is None else dtype)  # on the host: int64 would wrap in JAX
-    y = jnp.asarray(y)
-    if dtype is not None:
-        y = y.astype(dtype)
-    elif not jnp.issubdtype(y.dtype, jnp.floating):
-        y = y.astype(jnp.result_type(float))
-    return y

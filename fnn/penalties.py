@@ -198,3 +198,21 @@ def from_description(d: dict) -> Penalty:
         return _make(name, d["lam"], d.get("leaves", ("w",)), None)
     raise ValueError(f"from_description: expected {{'name': 'l1' or 'l2', 'lam': ..., 'leaves': [...]}} or "
                      f"{{'name': 'combine', 'terms': [...]}} as Penalty.describe() gives, got {d!r}.")
+
+
+def hessian_diagonal(penalty: Penalty, params: PyTree) -> Grads:
+    """The diagonal of the penalty's Hessian, params-shaped: λ on the leaves an ``l2`` term selects, 0 for ``l1``
+    (its Hessian is 0 wherever it is differentiable, as ``jax.hessian`` of its value gives) and elsewhere."""
+    diag = jax.tree.map(jnp.zeros_like, params)
+    for t in _terms("hessian_diagonal", penalty):
+        if t.name == "l2":
+            ws, treedef, flags, _ = t.flags(params)
+            term = [jnp.full_like(w, t.lam) if s else jnp.zeros_like(w) for w, s in zip(ws, flags, strict=True)]
+            diag = jax.tree.map(operator.add, diag, jax.tree_util.tree_unflatten(treedef, term))
+    return diag
+
+
+def hessian_vector(penalty: Penalty, params: PyTree, v: PyTree) -> Grads:
+    """The penalty's Hessian applied to a params-shaped ``v``: :func:`hessian_diagonal` ⊙ ``v`` (the Hessian of
+    every term is diagonal)."""
+    return jax.tree.map(lambda d, x: d * x.astype(d.dtype), hessian_diagonal(penalty, params), v)

@@ -40,9 +40,14 @@ def _pool(kind: str, window, stride, padding, make) -> Spec:
     def bind(shape, where):
         h, w, c = _windows.image_shape(kind, shape, where)
         geo = _windows.geometry(kind, where, (h, w), (kh, kw), (sh, sw), padding)
-        forward, backward = make(geo)
+        forward, backward, rforward = make(geo)
+
+        def rbackward(p, v, record, raux, rx, trace, rg, ctx, at_z):  # linear in g (max-pool: routing fixed)
+            x, y, aux = record
+            return backward(p, x, y, aux, rg, ctx, at_z)[:2]
+
         return _layer.Layer(kind, config, (h, w, c), (*geo.out, c), None, {}, _layer.no_params, forward, backward,
-                            _layer.no_factors)
+                            _layer.no_factors, rforward=rforward, rbackward=rbackward)
 
     return Spec(kind, config, bind)
 
@@ -72,7 +77,13 @@ def MaxPool2D(window, stride=None, padding="VALID") -> Spec:
             routed = jnp.where(aux["winner"][..., None] == positions, g[..., None], jnp.zeros((), g.dtype))
             return {}, _windows.unwindows(jnp.moveaxis(routed, -1, 3), geo), {}
 
-        return forward, backward
+        def rforward(p, v, record, rx, ctx):  # R{y} = rx at each window's winner (piecewise linear)
+            if rx is None:
+                return None, {}
+            cols = jnp.moveaxis(_windows.windows(rx, geo, 0), 3, -1)
+            return jnp.take_along_axis(cols, record[2]["winner"][..., None], axis=-1)[..., 0], {}
+
+        return forward, backward, rforward
 
     return _pool("MaxPool2D", window, stride, padding, make)
 
@@ -99,6 +110,9 @@ def AvgPool2D(window, stride=None, padding="VALID") -> Spec:
             share = jnp.broadcast_to((g / jnp.asarray(k, g.dtype))[:, :, :, None, :], (*g.shape[:3], k, g.shape[3]))
             return {}, _windows.unwindows(share, geo), {}
 
-        return forward, backward
+        def rforward(p, v, record, rx, ctx):  # linear
+            return (None if rx is None else forward(p, rx, ctx)[0]), {}
+
+        return forward, backward, rforward
 
     return _pool("AvgPool2D", window, stride, padding, make)
