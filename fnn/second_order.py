@@ -32,8 +32,11 @@ gradients (targets drawn from the model's predictive distribution, ``key=``), an
 ``A = (1/N) Σ_{n,s} a_{n,s} a_{n,s}ᵀ`` (the input's second moment; a Conv2D's im2col patches, ``s`` the
 output positions) and ``G = Σ_{n,s,c} d_{n,s,c} d_{n,s,c}ᵀ`` (the backpropagated ``S`` columns, exact for
 ``kflr``, ``mc_samples`` sampled ones for ``kfac``), so the GGN block of ``w.reshape(K, F)`` flattened
-row-major is approximated by ``kron(A, G)``; biases get ``G`` only. (BackPACK stores ``[G, A]`` for PyTorch's
-``(out, in)`` weights: the same two matrices.)
+row-major is approximated by ``kron(A, G)`` (for Conv2D this is KFC's ``|T|·Γ``, Grosse & Martens 2016). Biases
+get ``G`` alone, their exact GGN block ``Σ_{n,c} (Σ_s d)(Σ_s d)ᵀ`` (for Dense the same sum, ``s`` one position).
+BackPACK stores ``[G, A]`` for PyTorch's ``(out, in)`` weights: for Dense the same two matrices, and for biases
+the same block; for a Conv2d weight BackPACK 1.7.1 sums the positions before the outer product (the bias's block
+again) where fnn, like its docstring's KFC, sums the outer products.
 
 **top_eigenvalue**: power iteration on the products, the network linearised once and only the R-passes
 repeated; it returns the eigenvalue of largest magnitude (the sharpness along gradient-descent trajectories),
@@ -270,6 +273,9 @@ def _kronecker(what: str, net, params, x, y, loss, mc_samples, key, dropout_key,
     n = x2.shape[0]
 
     def g_factor(f: _factors.Factor):
+        if f.a is None:  # a bias: its exact GGN block (the positions sharing it summed first)
+            d = jnp.sum(f.d, axis=1)
+            return d.T @ d
         return jnp.einsum("nsf,nsg->fg", f.d, f.d)
 
     def local(x2, y2, ctx, key, scale, psum, params):

@@ -31,12 +31,13 @@ Second order (BackPACK's ``param.diag_ggn_exact`` and ``param.kflr``):
     index ``(kh, kw, I)`` row-major (``reshape(I,kh,kw,I,kh,kw).transpose(1,2,0,4,5,3)``).
   - Conv2d ``G`` does NOT convert: BackPACK (1.7.1, ``HBPConvNd._factor_from_sqrt``) sums each column over the
     output positions before the outer product, ``G = Σ_{n,c} (Σ_s d)(Σ_s d)ᵀ`` (the exact GGN block of the bias;
-    its docstring calls this ``|T|·Γ`` of KFC), for the weight and the bias alike; fnn sums the outer products,
-    ``G = Σ_{n,s,c} d dᵀ`` (KFC's ``|T|·Γ``, the cross-position terms dropped). BackPACK's is stored as is;
+    its docstring calls this ``|T|·Γ`` of KFC), for the weight and the bias alike; fnn gives that block for the
+    bias but, for the weight, sums the outer products, ``G = Σ_{n,s,c} d dᵀ`` (KFC's ``|T|·Γ``, the
+    cross-position terms dropped). BackPACK's is stored as is;
     beside it ``kflr_positions/<layer>/G`` holds fnn's convention computed here with PyTorch autograd alone
     (:func:`_position_sums`: the columns of ``S_n = (diag √p − p √pᵀ)/√N`` backpropagated to the convolution's
     output). The test checks BackPACK's conv ``G`` against fnn's exact bias block (``ggn_vector_product``) and
-    fnn's ``kflr`` conv ``G`` (weight and bias) against ``kflr_positions``.
+    fnn's ``kflr`` conv weight ``G`` against ``kflr_positions`` (and fnn's bias ``G`` against BackPACK's).
 
 KFAC is Monte-Carlo (its own random targets), so it has no sample-by-sample reference here.
 """

@@ -6,10 +6,11 @@ BackPACK run live. Float64, relative 1e-10.
 * ``diag_ggn`` (exact) equals ``DiagGGNExact`` on every leaf.
 * ``kflr``: Linear weights' ``A`` and ``G`` and every bias's ``G`` equal BackPACK's; Conv2d's ``A`` equals
   BackPACK's (index ``(I, kh, kw)`` reordered to fnn's ``(kh, kw, I)`` by the script).
-* Conv2d's ``G`` follows two conventions: BackPACK sums the backpropagated columns over the output positions
-  before the outer product (``Σ_{n,c} (Σ_s d)(Σ_s d)ᵀ``, the exact GGN block of the bias), fnn sums the outer
-  products (``Σ_{n,s,c} d dᵀ``, KFC's ``|T|·Γ``). BackPACK's is checked against the bias block from
-  ``fnn.curvature.ggn_vector_product``; fnn's against the script's PyTorch-autograd position sums.
+* A Conv2d weight's ``G`` follows two conventions: BackPACK sums the backpropagated columns over the output
+  positions before the outer product (``Σ_{n,c} (Σ_s d)(Σ_s d)ᵀ``, the exact GGN block of the bias, which is
+  also what both give for the bias), fnn sums the outer products (``Σ_{n,s,c} d dᵀ``, KFC's ``|T|·Γ``).
+  BackPACK's is checked against the bias block from ``fnn.curvature.ggn_vector_product``; fnn's weight ``G``
+  against the script's PyTorch-autograd position sums.
 """
 
 from __future__ import annotations
@@ -86,10 +87,11 @@ def _compare(refs: dict):
             if layer[0] == "dense":
                 _close(kflr[l]["w"]["G"], ref["kflr"][l]["w"]["G"], f"{name} kflr {l}.w G")
                 _close(kflr[l]["b"]["G"], ref["kflr"][l]["b"]["G"], f"{name} kflr {l}.b G")
-            else:  # the two conventions (module docstring)
+            else:  # the bias: BackPACK's and fnn's G are its exact GGN block; the weight: two conventions
+                _close(kflr[l]["b"]["G"], ref["kflr"][l]["b"]["G"], f"{name} kflr {l}.b G")
                 for leaf in ("w", "b"):
                     _close(blocks[str(l)], ref["kflr"][l][leaf]["G"], f"{name} BackPACK's kflr {l}.{leaf} G")
-                    _close(kflr[l][leaf]["G"], ref["kflr_positions"][l]["G"], f"{name} fnn's kflr {l}.{leaf} G")
+                _close(kflr[l]["w"]["G"], ref["kflr_positions"][l]["G"], f"{name} fnn's kflr {l}.w G")
 
 
 def _stored():

@@ -234,6 +234,15 @@ def test_sharded_curvature_equals_one_device_float64(runs, devices):
     assert set(errs) == set(got["curvature_keys"]) and all(e <= 1e-12 for e in errs.values()), errs
 
 
+def test_sharded_second_order_equals_one_device_float64(runs):
+    """fnn.curvature's second-order quantities with devices=4 (each device's R-passes or backpropagated factors
+    on its quarter, psum-ed) equal one device on the whole batch: Hessian- and GGN-vector products, the exact
+    GGN diagonal, KFLR's factors and the top Hessian eigenvalue (with dropout by global row and an L2 penalty)."""
+    errs = runs["single"].result()["second_order_4"]
+    assert set(errs) == {"hvp", "ggnvp", "diag_ggn", "kflr", "top_eigenvalue"}
+    assert all(e <= 1e-11 for e in errs.values()), errs
+
+
 @pytest.mark.parametrize("grads", ["manual", "autodiff"])
 def test_synchronised_batchnorm_step_equals_one_device_float64(runs, grads):
     """4 devices, each a quarter of the batch, with BatchNorm's statistics (and the backward's sums) averaged
