@@ -9,7 +9,13 @@ Network ``[784, 256, 256, 10]`` (tanh hidden layers, softmax output with sparse 
 * ``batch_l2_grad`` / ``sum_grad_squared`` / ``variance``: :mod:`fnn.curvature` (loss and gradient included, as
   BackPACK computes them beside the gradient); ``first_order`` all three from one pass;
 * ``... via vmap``: the autodiff route, ``jax.vmap`` of ``jax.grad`` of each example's loss (the per-example
-  gradients materialised, ``N × params``), then the same reduction.
+  gradients materialised, ``N × params``), then the same reduction;
+* second order (:mod:`fnn.second_order`, ``v = sin(params)``): ``hessian_vector_product`` against
+  ``jax.jvp`` of ``jax.grad`` (forward-over-reverse), ``ggn_vector_product`` against ``jax.jvp``/``jax.vjp`` of
+  the logits, ``diag_ggn`` exact and with one Monte-Carlo sample, ``kflr``/``kfac``, ``top_eigenvalue`` for 20
+  power iterations against 20 of them on ``jvp(grad)``;
+* on a net small enough for ``jax.hessian`` (``[64, 32, 32, 10]``): ``diag_ggn`` against the diagonal of the
+  whole Hessian (not feasible at 270k params: the matrix alone would be 290 GB).
 
 Rounds are interleaved (round ``r`` times every row, in a rotating order) so machine noise hits every row alike;
 round 0 is a warm-up; a row's time is the median over rounds of the median of ``--calls`` calls, and each ratio
@@ -33,6 +39,7 @@ if not __package__:  # run as a file: import this checkout's `benchmarks`
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
+import jax.flatten_util  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -80,8 +87,70 @@ def rows(net) -> dict:
         "variance": lambda p, x, y: c.first_order(net, p, x, y, LOSS, quantities=["variance"]),
         "variance via vmap": vmap_var,
         "first_order (all three)": lambda p, x, y: c.first_order(net, p, x, y, LOSS),
+        # second order: the vector v = sin(params) is made inside every row alike
+        "hessian_vector_product": lambda p, x, y: c.hessian_vector_product(net, p, x, y, LOSS, _v(p)),
+        "hvp via jvp(grad)": lambda p, x, y: jax.jvp(lambda q: jax.grad(obj)(q, x, y), (p,), (_v(p),))[1],
+        "ggn_vector_product": lambda p, x, y: c.ggn_vector_product(net, p, x, y, LOSS, _v(p)),
+        "ggnvp via jvp/vjp": lambda p, x, y: _ggn_autodiff(net, p, x, y, _v(p)),
+        "diag_ggn (exact)": lambda p, x, y: c.diag_ggn(net, p, x, y, LOSS),
+        "diag_ggn (MC, 1 sample)": lambda p, x, y: c.diag_ggn(net, p, x, y, LOSS, mc_samples=1,
+                                                              key=jax.random.key(0)),
+        "kflr": lambda p, x, y: c.kflr(net, p, x, y, LOSS),
+        "kfac (1 sample)": lambda p, x, y: c.kfac(net, p, x, y, LOSS, key=jax.random.key(0)),
+        "top_eigenvalue (20 products)": lambda p, x, y: c.top_eigenvalue(
+            net, p, x, y, LOSS, init=_v(p), tol=1e-30, max_iterations=20).value,
+        "20 power steps via jvp(grad)": lambda p, x, y: _power_autodiff(obj, p, x, y, 20),
     }
     return {name: jax.jit(f) for name, f in fns.items()}
+
+
+def _v(p):
+    return tree_map(jnp.sin, p)
+
+
+def _ggn_autodiff(net, p, x, y, v):
+    """``Jᵀ H J v`` by autodiff: ``jax.jvp`` of the logits, the loss's Hessian by ``jax.jvp`` of its gradient,
+    ``jax.vjp`` back (the route a JAX user takes without fnn's R-passes)."""
+    def logits(q):
+        out, records = fnn._layer.forward(net.layers, q, x, fnn._layer.Context())
+        return records[-1][2]["z"]
+    loss = fnn.losses.get("sparse_softmax_cross_entropy")
+    z, jv = jax.jvp(logits, (p,), (v,))
+    hjv = jax.jvp(jax.grad(lambda t: loss.value(t, y)), (z,), (jv,))[1]
+    return jax.vjp(logits, p)[1](hjv)[0]
+
+
+def _power_autodiff(obj, p, x, y, iterations):
+    def body(_, carry):
+        v, _ = carry
+        hv = jax.jvp(lambda q: jax.grad(obj)(q, x, y), (p,), (v,))[1]
+        dot = sum(jnp.vdot(a, b) for a, b in zip(jax.tree_util.tree_leaves(v), jax.tree_util.tree_leaves(hv),
+                                                strict=True))
+        norm = jnp.sqrt(sum(jnp.vdot(a, a) for a in jax.tree_util.tree_leaves(hv)))
+        return tree_map(lambda t: t / norm, hv), dot
+    return jax.lax.fori_loop(0, iterations, body, (_v(p), jnp.zeros((), jnp.float32)))[1]
+
+
+def small_hessian_diagonal(rounds: int, calls: int) -> dict:
+    """Where the Hessian fits in memory ([64, 32, 32, 10], 3,466 params, batch 128): the exact GGN diagonal
+    against the diagonal of ``jax.hessian`` (the whole matrix built, its diagonal taken)."""
+    net, params, x, y = problem([64, 32, 32, 10])
+    obj = fnn.objective(net, LOSS)
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    fns = {"gradient": jax.jit(lambda u: fnn.backprop(net, unravel(u), x, y, LOSS)),
+           "diag_ggn (exact)": jax.jit(lambda u: fnn.curvature.diag_ggn(net, unravel(u), x, y, LOSS)),
+           "hessian_vector_product": jax.jit(lambda u: fnn.curvature.hessian_vector_product(
+               net, unravel(u), x, y, LOSS, unravel(jnp.sin(u)))),
+           "diag of jax.hessian": jax.jit(lambda u: jnp.diag(jax.hessian(lambda w: obj(unravel(w), x, y))(u)))}
+    per_round: dict = {name: [] for name in fns}
+    for r in range(rounds + 1):
+        for name, f in fns.items():
+            t = _time(f, (flat,), calls if r else 1)
+            if r:
+                per_round[name].append(t)
+    base = per_round["gradient"]
+    return {"params": int(flat.size), **{name: {"ms": 1e3 * statistics.median(ts), "x_gradient": statistics.median(
+        [t / b for t, b in zip(ts, base, strict=True)])} for name, ts in per_round.items()}}
 
 
 def _time(f, args, calls: int) -> float:
@@ -110,8 +179,11 @@ def timings(rounds: int, calls: int) -> dict:
         ratios = [t / b for t, b in zip(per_round[name], base, strict=True)]
         out[name] = {"ms": 1e3 * statistics.median(per_round[name]), "x_gradient": statistics.median(ratios),
                      "spread": [min(ratios), max(ratios)]}
-    for q in ("batch_l2_grad", "sum_grad_squared", "variance"):
-        ratios = [v / f for v, f in zip(per_round[f"{q} via vmap"], per_round[q], strict=True)]
+    pairs = {**{q: f"{q} via vmap" for q in ("batch_l2_grad", "sum_grad_squared", "variance")},
+             "hessian_vector_product": "hvp via jvp(grad)", "ggn_vector_product": "ggnvp via jvp/vjp",
+             "top_eigenvalue (20 products)": "20 power steps via jvp(grad)"}
+    for q, other in pairs.items():
+        ratios = [v / f for v, f in zip(per_round[other], per_round[q], strict=True)]
         out[q]["vmap_over_fnn"] = statistics.median(ratios)
     return out
 
@@ -140,14 +212,19 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     env = machine.environment()
     result = {"environment": env, "sizes": SIZES, "batch": BATCH, "timings": timings(args.rounds, args.calls),
-              "memory": memory()}
+              "memory": memory(), "small": small_hessian_diagonal(args.rounds, max(1, args.calls // 4))}
     print(f"[{', '.join(map(str, SIZES))}], batch {BATCH}, float32, jax {jax.__version__}, "
           f"{args.rounds} rounds x {args.calls} calls; {env['cpu']}, {env['cores']} cores, "
           f"load average {env['load_average']}")
-    print(f"{'row':28s} {'ms':>8s} {'x gradient':>11s} {'spread':>15s} {'vmap / fnn':>11s}")
+    print(f"{'row':30s} {'ms':>8s} {'x gradient':>11s} {'spread':>15s} {'autodiff / fnn':>15s}")
     for name, r in result["timings"].items():
-        extra = f"{r['vmap_over_fnn']:11.2f}" if "vmap_over_fnn" in r else ""
-        print(f"{name:28s} {r['ms']:8.3f} {r['x_gradient']:11.2f} {r['spread'][0]:7.2f}-{r['spread'][1]:<7.2f} {extra}")
+        extra = f"{r['vmap_over_fnn']:15.2f}" if "vmap_over_fnn" in r else ""
+        print(f"{name:30s} {r['ms']:8.3f} {r['x_gradient']:11.2f} {r['spread'][0]:7.2f}-{r['spread'][1]:<7.2f} {extra}")
+    small = result["small"]
+    print(f"[64, 32, 32, 10] ({small['params']:,} params), batch {BATCH}:")
+    for name, r in small.items():
+        if name != "params":
+            print(f"  {name:28s} {r['ms']:9.3f} ms {r['x_gradient']:9.2f} x gradient")
     print("temporary memory of the compiled program (memory_analysis().temp_size_in_bytes), and beyond the "
           "gradient's:")
     for width, m in result["memory"].items():

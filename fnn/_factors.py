@@ -94,3 +94,24 @@ def inner(f: Factor, v: Array) -> Array:
         return jnp.sum(f.d, axis=1) @ v.reshape(math.prod(f.shape))
     av = f.a @ v.reshape(f.a.shape[2], f.d.shape[2])  # (N, S, F)
     return jnp.sum(av * f.d, axis=(1, 2))
+
+
+# --- several error vectors per example (the columns of a loss-Hessian factor, :mod:`fnn.second_order`) ----
+
+def columns_sum_of_squares(f: Factor, ds: Array) -> Array:
+    """``Σ_c Σ_n G_{n,c}²`` elementwise, in the leaf's shape, for ``G_{n,c} = Σ_s a[n,s] ⊗ ds[c,n,s]``
+    (``ds (C, N, S, F)``; ``f`` gives ``a`` and the shape). One position (Dense): ``(a²)ᵀ (Σ_c d_c²)``, one
+    GEMM for all columns; a bias: ``Σ_{c,n} (Σ_s d)²``; else ``G_{n,c}`` one column at a time."""
+    if f.a is None:
+        return jnp.sum(jnp.sum(ds, axis=2) ** 2, axis=(0, 1)).reshape(f.shape)
+    if ds.shape[2] == 1:
+        return (f.a[:, 0].T ** 2 @ jnp.sum(ds[:, :, 0] ** 2, axis=0)).reshape(f.shape)
+    return sum(sum_of_squares(Factor(f.a, d, f.shape)) for d in ds)
+
+
+def columns_gram(f: Factor, ds: Array) -> Array:
+    """``Σ_c Σ_n Σ_s d dᵀ`` over the columns ``ds (C, N, S, F)``, ``(F, F)``; for a bias the positions are summed
+    first (``Σ_{c,n} (Σ_s d)(Σ_s d)ᵀ``: its exact Gauss-Newton block)."""
+    d = jnp.sum(ds, axis=2) if f.a is None else ds
+    d = d.reshape(-1, d.shape[-1])
+    return d.T @ d

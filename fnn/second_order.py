@@ -234,9 +234,11 @@ def _column_traces(net, params, point: _Point, columns, ctx):
 
 
 def _over_columns(net, params, traces, what: str, fn):
-    """``Σ_c fn(factors of column c)`` per leaf."""
-    per_column = jax.vmap(lambda t: _tree_map(fn, _layer.factors(net.layers, params, t, what)))(traces)
-    return _tree_map(lambda t: jnp.sum(t, axis=0), per_column)
+    """``fn(factor, ds)`` per leaf: ``factor`` of the first column (its ``a``, the layer input's, is every
+    column's) and ``ds (C, N, S, F)`` every column's error terms (:mod:`fnn._factors`)."""
+    first = _layer.factors(net.layers, params, _tree_map(lambda t: t[0], traces), what)
+    ds = jax.vmap(lambda t: _tree_map(lambda f: f.d, _layer.factors(net.layers, params, t, what)))(traces)
+    return _tree_map(fn, first, ds)
 
 
 def diag_ggn(net: Network, params: Params, x: ArrayLike, y: ArrayLike, loss, *, mc_samples: int | None = None,
@@ -260,7 +262,7 @@ def diag_ggn(net: Network, params: Params, x: ArrayLike, y: ArrayLike, loss, *, 
     def local(x2, y2, ctx, key, scale, psum, params):
         point = _linearise(net, params, x2, y2, loss, ctx, False)
         traces = _column_traces(net, params, point, _columns(point, key, mc_samples), ctx)
-        return psum(_scaled(scale, _over_columns(net, params, traces, "diag_ggn", _factors.sum_of_squares)))
+        return psum(_scaled(scale, _over_columns(net, params, traces, "diag_ggn", _factors.columns_sum_of_squares)))
 
     out = _run(net, x2, y2, ctx, devices, local, (params,), key)
     return _with_penalty(penalty, params, out, _penalties.hessian_diagonal)
@@ -272,16 +274,10 @@ def _kronecker(what: str, net, params, x, y, loss, mc_samples, key, dropout_key,
     ctx = context(net, dropout_key, train)
     n = x2.shape[0]
 
-    def g_factor(f: _factors.Factor):
-        if f.a is None:  # a bias: its exact GGN block (the positions sharing it summed first)
-            d = jnp.sum(f.d, axis=1)
-            return d.T @ d
-        return jnp.einsum("nsf,nsg->fg", f.d, f.d)
-
     def local(x2, y2, ctx, key, scale, psum, params):
         point = _linearise(net, params, x2, y2, loss, ctx, False)
         traces = _column_traces(net, params, point, _columns(point, key, mc_samples), ctx)
-        gs = _over_columns(net, params, traces, what, g_factor)
+        gs = _over_columns(net, params, traces, what, _factors.columns_gram)
         first = _layer.factors(net.layers, params, _tree_map(lambda t: t[0], traces), what)  # a: any column's
         a_s = _tree_map(lambda f: None if f.a is None else jnp.einsum("nsk,nsj->kj", f.a, f.a) / n, first)
         return psum(_scaled(scale, gs)), psum(a_s)
