@@ -32,8 +32,8 @@ from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "examples" / "notebooks"
-NOTEBOOKS = ["backprop_by_hand.ipynb", "convolution_backprop.ipynb", "gradient_comparison.ipynb",
-             "per_example_gradients.ipynb"]
+NOTEBOOKS = ["backprop_by_hand.ipynb", "convolution_backprop.ipynb", "edge_of_stability.ipynb",
+             "gradient_comparison.ipynb", "per_example_gradients.ipynb"]
 FIGURE_TAG = "readme-figure"
 CELL_TIMEOUT_S = 600  # generous: a loaded CI machine is slow; the notebooks take well under a minute alone
 
