@@ -23,7 +23,7 @@ the median of per-round ratios. Memory: the compiled program's ``memory_analysis
 XLA allocates beyond arguments and outputs) at two hidden widths, for the gradient, ``batch_l2_grad`` and its
 vmap route: the factored form's extra memory does not grow with the parameter count; the vmap route's does.
 
-Run:  python benchmarks/curvature.py [--rounds 7] [--calls 20] [--json FILE]
+Run:  python benchmarks/curvature.py [--rounds 7] [--calls 20] [--json FILE] [--only ROW ...]
 """
 
 from __future__ import annotations
@@ -110,14 +110,13 @@ def _v(p):
 
 def _ggn_autodiff(net, p, x, y, v):
     """``Jᵀ H J v`` by autodiff: ``jax.jvp`` of the logits, the loss's Hessian by ``jax.jvp`` of its gradient,
-    ``jax.vjp`` back (the route a JAX user takes without fnn's R-passes)."""
-    def logits(q):
-        out, records = fnn._layer.forward(net.layers, q, x, fnn._layer.Context())
-        return records[-1][2]["z"]
+    ``jax.vjp`` back (the route a JAX user takes without fnn's R-passes). The logits are the same net with an
+    identity output (the same params)."""
+    logits_net = fnn.mlp(SIZES[:1] + [t.shape[1] for t in (q["w"] for q in p)], hidden="tanh", output="identity")
     loss = fnn.losses.get("sparse_softmax_cross_entropy")
-    z, jv = jax.jvp(logits, (p,), (v,))
+    z, jv = jax.jvp(lambda q: logits_net.apply(q, x), (p,), (v,))
     hjv = jax.jvp(jax.grad(lambda t: loss.value(t, y)), (z,), (jv,))[1]
-    return jax.vjp(logits, p)[1](hjv)[0]
+    return jax.vjp(lambda q: logits_net.apply(q, x), p)[1](hjv)[0]
 
 
 def _power_autodiff(obj, p, x, y, iterations):
@@ -162,10 +161,10 @@ def _time(f, args, calls: int) -> float:
     return statistics.median(times)
 
 
-def timings(rounds: int, calls: int) -> dict:
+def timings(rounds: int, calls: int, only=None) -> dict:
     net, params, x, y = problem()
     fns = rows(net)
-    names = list(fns)
+    names = list(fns) if not only else ["gradient", *[n for n in only if n != "gradient"]]
     per_round: dict = {name: [] for name in names}
     for r in range(rounds + 1):
         order = names[r % len(names):] + names[:r % len(names)]
@@ -183,6 +182,8 @@ def timings(rounds: int, calls: int) -> dict:
              "hessian_vector_product": "hvp via jvp(grad)", "ggn_vector_product": "ggnvp via jvp/vjp",
              "top_eigenvalue (20 products)": "20 power steps via jvp(grad)"}
     for q, other in pairs.items():
+        if q not in per_round or other not in per_round:
+            continue
         ratios = [v / f for v, f in zip(per_round[other], per_round[q], strict=True)]
         out[q]["vmap_over_fnn"] = statistics.median(ratios)
     return out
@@ -209,10 +210,15 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--calls", type=int, default=20)
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--only", nargs="+", metavar="ROW", help="time only these rows (and the gradient), e.g. "
+                    "--only hessian_vector_product 'hvp via jvp(grad)'; skips the memory and small-net sections")
     args = ap.parse_args(argv)
     env = machine.environment()
-    result = {"environment": env, "sizes": SIZES, "batch": BATCH, "timings": timings(args.rounds, args.calls),
-              "memory": memory(), "small": small_hessian_diagonal(args.rounds, max(1, args.calls // 4))}
+    result = {"environment": env, "sizes": SIZES, "batch": BATCH,
+              "timings": timings(args.rounds, args.calls, args.only)}
+    if not args.only:
+        result["memory"] = memory()
+        result["small"] = small_hessian_diagonal(args.rounds, max(1, args.calls // 4))
     print(f"[{', '.join(map(str, SIZES))}], batch {BATCH}, float32, jax {jax.__version__}, "
           f"{args.rounds} rounds x {args.calls} calls; {env['cpu']}, {env['cores']} cores, "
           f"load average {env['load_average']}")
@@ -220,6 +226,8 @@ def main(argv=None) -> int:
     for name, r in result["timings"].items():
         extra = f"{r['vmap_over_fnn']:15.2f}" if "vmap_over_fnn" in r else ""
         print(f"{name:30s} {r['ms']:8.3f} {r['x_gradient']:11.2f} {r['spread'][0]:7.2f}-{r['spread'][1]:<7.2f} {extra}")
+    if args.only:
+        return 0
     small = result["small"]
     print(f"[64, 32, 32, 10] ({small['params']:,} params), batch {BATCH}:")
     for name, r in small.items():
