@@ -13,7 +13,7 @@ Network ``[784, 256, 256, 10]`` (tanh hidden layers, softmax output with sparse 
 * second order (:mod:`fnn.second_order`, ``v = sin(params)``): ``hessian_vector_product`` against
   ``jax.jvp`` of ``jax.grad`` (forward-over-reverse), ``ggn_vector_product`` against ``jax.jvp``/``jax.vjp`` of
   the logits, ``diag_ggn`` exact and with one Monte-Carlo sample, ``kflr``/``kfac``, ``top_eigenvalue`` for 20
-  power iterations against 20 of them on ``jvp(grad)``;
+  power iterations (``method="power"``) against 20 of them on ``jvp(grad)``;
 * on a net small enough for ``jax.hessian`` (``[64, 32, 32, 10]``): ``diag_ggn`` against the diagonal of the
   whole Hessian (not feasible at 270k params: the matrix alone would be 290 GB).
 
@@ -98,7 +98,7 @@ def rows(net) -> dict:
         "kflr": lambda p, x, y: c.kflr(net, p, x, y, LOSS),
         "kfac (1 sample)": lambda p, x, y: c.kfac(net, p, x, y, LOSS, key=jax.random.key(0)),
         "top_eigenvalue (20 products)": lambda p, x, y: c.top_eigenvalue(
-            net, p, x, y, LOSS, init=_v(p), tol=1e-30, max_iterations=20).value,
+            net, p, x, y, LOSS, method="power", init=_v(p), tol=1e-30, max_iterations=20).value,
         "20 power steps via jvp(grad)": lambda p, x, y: _power_autodiff(obj, p, x, y, 20),
     }
     return {name: jax.jit(f) for name, f in fns.items()}

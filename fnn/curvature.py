@@ -55,22 +55,14 @@ from fnn import _factors, _layer, parallel
 from fnn import penalties as _penalties
 from fnn._types import Array, ArrayLike, Params, PRNGKey
 from fnn.backprop import backprop_in, prepare
+from fnn.eigen import MATRICES, METHODS, Eigen, top_eigenvalue
 from fnn.network import Network, context
-from fnn.second_order import (
-    MATRICES,
-    Eigen,
-    diag_ggn,
-    ggn_vector_product,
-    hessian_vector_product,
-    kfac,
-    kflr,
-    top_eigenvalue,
-)
+from fnn.second_order import diag_ggn, ggn_vector_product, hessian_vector_product, kfac, kflr
 
 __all__ = ["FIRST_ORDER", "first_order", "batch_l2_grad", "sum_grad_squared", "variance",
-           # second order (fnn.second_order, re-exported here: one namespace for BackPACK's quantities)
+           # second order (fnn.second_order, fnn.eigen; re-exported here: one namespace for BackPACK's quantities)
            "hessian_vector_product", "ggn_vector_product", "diag_ggn", "kfac", "kflr", "top_eigenvalue", "Eigen",
-           "MATRICES"]
+           "MATRICES", "METHODS"]
 
 #: The first-order quantities :func:`first_order` computes, in BackPACK's names.
 FIRST_ORDER = ("batch_l2_grad", "sum_grad_squared", "variance")

@@ -5,6 +5,7 @@
 * ``x64``: a fixture that runs the test body with 64-bit floats enabled (``jax.enable_x64``).
 * ``TRANSFORMS``: run a function eagerly and under ``jax.jit``.
 * A hypothesis profile with no deadline (JAX compiles on first call) and few examples so CI stays fast.
+* Slow tests first (``SLOW_FIRST``), for the two xdist workers' balance.
 * A persistent compilation cache for this test session only: a fresh temporary directory, shared by the xdist
   workers and removed when the session ends. On a 2-core CPU the suite's time is mostly XLA compiling, and many
   tests compile programs another test (or an earlier run in the same test: every ``fnn train``, every ``fit``
@@ -31,6 +32,33 @@ from hypothesis import settings
 import fnn
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+# --- the order tests run in ---------------------------------------------------------------------------------
+
+#: The slowest tests (nodeid prefixes, longest first, measured with ``--durations``) run before everything else;
+#: the rest keep their order. With ``pytest -n 2 --dist worksteal`` (README's test command) the first worker
+#: starts on these while the second starts halfway down the list, and whichever runs dry steals the other's
+#: remaining (short) tests, so neither is left alone with a minute-long test at the end.
+SLOW_FIRST = (
+    "tests/test_parallel.py",  # its first test waits for the 4-device and 2-process workers it starts
+    "tests/test_notebooks.py::test_notebook_runs",
+    "tests/test_gradcheck.py::test_sweep_subset",
+    "tests/test_gradcheck.py::test_planted_bugs",
+    "tests/test_second_order.py::test_jit_scan_and_vmap",
+    "tests/test_conv.py::test_finite_differences_on_a_covering_subset",
+    "tests/test_gradcheck.py::test_float32_gradcheck_of_correct_nets_from_the_issue",
+    "tests/test_cli_train.py::test_train_then_resume",
+    "tests/test_bench.py::test_quick_benchmark",
+    "tests/test_examples.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        return next((i for i, prefix in enumerate(SLOW_FIRST) if item.nodeid.startswith(prefix)), len(SLOW_FIRST))
+
+    items.sort(key=rank)  # stable: the same order in every xdist worker
 
 
 # --- the session's compilation cache --------------------------------------------------------------------------

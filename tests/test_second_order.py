@@ -367,8 +367,8 @@ def test_kfac_is_unbiased_for_kflr(x64):
         assert bool(jnp.all(jnp.abs(mean - exact[layer]["w"]["G"]) <= 5 * se + 1e-14))
 
 
-@pytest.mark.parametrize("matrix", ["hessian", "ggn"])
-def test_top_eigenvalue(matrix, x64):
+@pytest.mark.parametrize("matrix, method", [("hessian", "lanczos"), ("ggn", "lanczos"), ("hessian", "power")])
+def test_top_eigenvalue(matrix, method, x64):
     """Power iteration on the products: the eigenvalue of largest magnitude of jax.hessian (or the explicit
     GGN), to the tolerance; the vector is a unit eigenvector; iterations and convergence reported; a warm
     start from the answer converges at once."""
@@ -381,14 +381,17 @@ def test_top_eigenvalue(matrix, x64):
     def run(p):
         m = jax.hessian(lambda u: obj(unravel(u), x, y))(flat) if matrix == "hessian" else ggn_matrix(net, p, x, y,
                                                                                                          SPARSE)[0]
-        e = C.top_eigenvalue(net, p, x, y, SPARSE, matrix=matrix, key=jax.random.key(0), tol=1e-10,
-                             max_iterations=3000)
-        return m, e, C.top_eigenvalue(net, p, x, y, SPARSE, matrix=matrix, init=e.vector, tol=1e-6)
+        kw = dict(matrix=matrix, method=method)
+        e = C.top_eigenvalue(net, p, x, y, SPARSE, key=jax.random.key(0), tol=1e-10,
+                             max_iterations=3000 if method == "power" else 38, **kw)
+        return m, e, C.top_eigenvalue(net, p, x, y, SPARSE, init=e.vector, tol=1e-6, **kw)
 
     m, e, warm = fast(run, params)
     w = np.linalg.eigvalsh(np.asarray(m))
     top = w[np.argmax(np.abs(w))]
-    assert bool(e.converged) and 2 <= int(e.iterations) < 3000 and e.tol == 1e-10
+    assert bool(e.converged) and 2 <= int(e.iterations) < 3000 and float(e.tol) == 1e-10
+    if method == "lanczos":  # 38 params: exact after at most 38 products, in practice far fewer
+        assert int(e.iterations) < 38
     assert abs(float(e.value) - top) <= 1e-6 * abs(top)
     u = jax.flatten_util.ravel_pytree(e.vector)[0]
     assert abs(float(jnp.linalg.norm(u)) - 1) < 1e-12
@@ -469,6 +472,8 @@ def test_errors_name_what_is_wrong(x64):
         C.kfac(net, params, x, y, SPARSE)  # key is required
     with pytest.raises(ValueError, match="vector must be shaped like params"):
         C.hessian_vector_product(net, params, x, y, SPARSE, v[:1])
+    with pytest.raises(ValueError, match="method must be one of"):
+        C.top_eigenvalue(net, params, x, y, SPARSE, method="arnoldi", key=jax.random.key(0))
     with pytest.raises(ValueError, match="matrix must be one of"):
         C.top_eigenvalue(net, params, x, y, SPARSE, matrix="fisher", key=jax.random.key(0))
     with pytest.raises(ValueError, match="exactly one of key= .* and init="):
