@@ -228,9 +228,9 @@ def assert_products(net, params, x, y, loss, v, key=None, penalty=None):
     assert rel(hv, hv_ref) < 1e-10 and rel(gv, gv_ref) < 1e-10, (rel(hv, hv_ref), rel(gv, gv_ref))
 
 
-@pytest.mark.parametrize("depth", [1, 3])
+@pytest.mark.parametrize("depth", [1, 2])
 def test_products_each_activation_at_two_depths(depth, x64):
-    """Every activation alone in 1 and 3 hidden layers (MSE on an identity output, so the hidden layers' second
+    """Every activation alone in 1 and 2 hidden layers (MSE on an identity output, so the hidden layers' second
     derivatives are all the curvature there is besides the loss's): H v and G v equal autodiff's; one program."""
     rng = np.random.default_rng(5 + depth)
     nets = {h: fnn.mlp([3, *[4] * depth, 2], hidden=h, output="identity") for h in HIDDEN}
@@ -426,18 +426,18 @@ def test_jit_scan_and_vmap(x64):
         top = C.top_eigenvalue(net, p, x, y, SPARSE, key=jax.random.key(1), tol=1e-8).value
         return tree_map(lambda a, b: a - 0.5 * b, p, g), top
 
-    _, scanned = fast(lambda p: jax.lax.scan(step, p, None, length=3), params)
+    _, scanned = fast(lambda p: jax.lax.scan(step, p, None, length=2), params)
     one_step = jax.jit(step).lower(params, None).compile(FAST_COMPILE)
     p, looped = params, []
-    for _ in range(3):
+    for _ in range(2):
         p, top = one_step(p, None)
         looped.append(top)
     np.testing.assert_allclose(scanned, jnp.stack(looped), rtol=1e-10)
     assert float(looped[0]) == pytest.approx(float(jitted["top"]), rel=1e-10)
 
-    members = [perturbed(net, s) for s in (30, 31, 32)]
+    members = [perturbed(net, s) for s in (30, 31)]
     stacked = tree_map(lambda *t: jnp.stack(t), *members)
-    names = ("hvp", "diag_ggn", "kfac", "top")
+    names = ("hvp", "kfac", "top")
     batched, single = fast(lambda s, ms: ({n: jax.vmap(calls[n])(s) for n in names},
                                           [{n: calls[n](m) for n in names} for m in ms]), stacked, members)
     for i in range(len(members)):
