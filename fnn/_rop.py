@@ -13,9 +13,10 @@ from jax.sharding import PartitionSpec
 from fnn import _layer, parallel
 from fnn import losses as _losses
 from fnn._types import Array, Params
+from fnn.backprop import fused_pair
 from fnn.network import Network, check_params
 
-__all__ = ["Point", "loss_head", "check", "linearise", "product", "vector", "run", "scaled", "with_penalty", "dot",
+__all__ = ["Point", "loss_head", "check", "linearise", "product", "vector", "run", "scaled", "with_penalty",
            "tree_map"]
 
 tree_map = jax.tree_util.tree_map
@@ -36,7 +37,7 @@ class Point(NamedTuple):
 
 def loss_head(net: Network, loss: _losses.Loss):
     """``(record, at_z)``: the fused pair's record (in ``z``) or the loss itself."""
-    closed = _losses.fused(net.output, loss) if net.layers[-1].activation is not None else None
+    closed = fused_pair(net, loss)
     return (closed, True) if closed is not None else (loss, False)
 
 
@@ -112,11 +113,3 @@ def scaled(scale, tree):
 
 def with_penalty(penalty, params, tree, fn):
     return tree if penalty is None else tree_map(lambda t, r: t + r.astype(t.dtype), tree, fn(penalty, params))
-
-
-
-
-def dot(a, b) -> Array:
-    """``⟨a, b⟩`` summed over the leaves of two params-shaped trees."""
-    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b),
-                                                strict=True))

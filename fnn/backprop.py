@@ -41,7 +41,7 @@ from fnn.network import Network, check_input, check_params, check_state, context
 
 __all__ = [
     "Trace", "backprop", "autodiff", "objective", "per_example_grads", "manual_apply", "manual_objective",
-    "loss_value", "backprop_in", "autodiff_in", "prepare",
+    "loss_value", "backprop_in", "autodiff_in", "prepare", "fused_pair",
 ]
 
 
@@ -109,7 +109,8 @@ def prepare(net: Network, params: Params, x: ArrayLike, y: ArrayLike, loss):
     return loss, x2, y2
 
 
-def _fused(net: Network, loss: _losses.Loss):
+def fused_pair(net: Network, loss: _losses.Loss):
+    """The closed form (:class:`~fnn.losses.Fused`) of the net's output activation with ``loss``, or None."""
     return _losses.fused(net.output, loss) if net.layers[-1].activation is not None else None
 
 
@@ -119,7 +120,7 @@ def loss_value(net: Network, loss: _losses.Loss, z: Array, a: Array, y: Array) -
     A fused output/loss pair (softmax + cross-entropy, sigmoid + binary cross-entropy) is computed from ``z``
     (log-sum-exp, log-sigmoid), so logits of ±1e4 give a finite value; any other pair from ``a``.
     """
-    closed = _fused(net, loss)
+    closed = fused_pair(net, loss)
     return closed.value(z, y) if closed is not None else loss.value(a, y)
 
 
@@ -133,7 +134,7 @@ def backprop_in(net: Network, params: Params, x2: Array, y2: Array, loss: _losse
     """The hand-written pass on validated batches in a given context: ``(value, grads, dL/dx, trace)``.
     (:func:`backprop` validates first; the training core calls this with each device's context.)"""
     out, records = _layer.forward(net.layers, params, x2, ctx)
-    closed = _fused(net, loss)
+    closed = fused_pair(net, loss)
     if closed is not None:
         z = records[-1][2]["z"]
         value, g, at_z = closed.value(z, y2), closed.delta(z, out, y2), True

@@ -172,14 +172,13 @@ def _kronecker(what: str, net, params, x, y, loss, mc_samples, key, dropout_key,
     def local(x2, y2, ctx, key, scale, psum, params):
         point = _rop.linearise(net, params, x2, y2, loss, ctx, False)
         traces = _column_traces(net, params, point, _columns(point, key, mc_samples), ctx)
-        gs = _over_columns(net, params, traces, what, _factors.columns_gram)
-        first = _layer.factors(net.layers, params, _rop.tree_map(lambda t: t[0], traces), what)  # a: any column's
-        a_s = _rop.tree_map(lambda f: None if f.a is None else jnp.einsum("nsk,nsj->kj", f.a, f.a) / n, first)
-        return psum(_rop.scaled(scale, gs)), psum(a_s)
 
-    gs, a_s = _rop.run(net, x2, y2, ctx, devices, local, (params,), key)
-    return _rop.tree_map(lambda g, a: {"G": g} if a is None else {"A": a, "G": g}, gs, a_s,
-                     is_leaf=lambda t: t is None)
+        def factors(f: _factors.Factor, ds):  # G from every column (this shard's share), A from the layer input
+            g = {"G": _factors.columns_gram(f, ds) * scale}
+            return g if f.a is None else {"A": jnp.einsum("nsk,nsj->kj", f.a, f.a) / n, **g}
+        return psum(_over_columns(net, params, traces, what, factors))
+
+    return _rop.run(net, x2, y2, ctx, devices, local, (params,), key)
 
 
 def kflr(net: Network, params: Params, x: ArrayLike, y: ArrayLike, loss, *, dropout_key: PRNGKey | None = None,
