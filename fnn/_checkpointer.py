@@ -17,7 +17,7 @@ __all__ = ["CHECKPOINT_NAME", "PER_EPOCH", "Checkpointer", "Restored", "check_ru
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 #: The per-epoch lists of a history (``epoch`` and ``train_loss`` always; the others when recorded).
-PER_EPOCH = ("epoch", "train_loss", "epoch_time", "test_loss", "test_accuracy")
+PER_EPOCH = ("epoch", "train_loss", "epoch_time", "test_loss", "test_accuracy", "val_loss", "val_accuracy")
 
 
 def check_run_metadata(path: str | os.PathLike, metadata: dict) -> tuple[int, dict, dict]:
@@ -76,13 +76,16 @@ def check_run_metadata(path: str | os.PathLike, metadata: dict) -> tuple[int, di
 
 
 class Restored(NamedTuple):
-    """What a resume continues from: ``params``, ``opt_state``, ``epoch`` (epochs done), ``history``, ``key``."""
+    """What a resume continues from: ``params``, ``opt_state``, ``epoch`` (epochs done), ``history``, ``key``,
+    and the checkpoint's extra ``arrays`` and ``best_epoch`` (early stopping's best params; None without)."""
 
     params: Any
     opt_state: Any
     epoch: int
     history: dict
     key: Any
+    arrays: dict | None = None
+    best_epoch: int | None = None
 
 
 def restored_key(path, arrays: dict):
@@ -112,17 +115,21 @@ class Checkpointer:
         self.path = None if directory is None else self.directory / CHECKPOINT_NAME
         self.net, self.config, self.with_opt_state, self.with_state = net, config, with_opt_state, with_state
 
-    def save(self, epoch: int, params, opt_state, history: dict, key) -> Path | None:
+    def save(self, epoch: int, params, opt_state, history: dict, key, *, extra: dict | None = None,
+             best_epoch: int | None = None) -> Path | None:
         """Write the checkpoint after ``epoch`` epochs; returns its path (None without a directory). With
         ``with_state``, ``opt_state`` is the epoch's ``(opt_state, state)`` pair and the state goes to the
-        checkpoint's ``state`` slot."""
+        checkpoint's ``state`` slot. ``extra`` arrays (early stopping's best params) are stored beside the key,
+        and ``best_epoch`` in the metadata."""
         if self.path is None:
             return None
         opt_state, state = opt_state if self.with_state else (opt_state, None)
+        meta = {"epoch": epoch, "history": history, "config": self.config}
+        if best_epoch is not None:
+            meta["best_epoch"] = best_epoch
         return checkpoint.save(
             self.path, params, net=self.net, opt_state=opt_state if self.with_opt_state else None,
-            metadata={"epoch": epoch, "history": history, "config": self.config},
-            arrays={"key": jax.random.key_data(key)}, state=state,
+            metadata=meta, arrays={"key": jax.random.key_data(key), **(extra or {})}, state=state,
         )
 
     def restore(self, opt_state_like) -> Restored | None:
@@ -160,7 +167,11 @@ class Checkpointer:
                 raise ValueError(f"Cannot resume from {self.path}: it holds no network state, but the network has "
                                  f"BatchNorm's running statistics.")
             opt_state = (opt_state, check_state(self.net, ckpt.state))
-        return Restored(ckpt.params, opt_state, epoch, history, key)
+        best_epoch = ckpt.metadata.get("best_epoch")
+        if best_epoch is not None and not (isinstance(best_epoch, int) and 1 <= best_epoch <= epoch):
+            raise ValueError(f"{self.path} cannot be resumed: its metadata field 'best_epoch' must be an epoch "
+                             f"from 1 to {epoch}, got {best_epoch!r}.")
+        return Restored(ckpt.params, opt_state, epoch, history, key, ckpt.arrays, best_epoch)
 
     def resume_hint(self) -> str:
         """How to continue an interrupted run from this folder."""

@@ -14,6 +14,7 @@ from fnn._registry import unknown_name
 from fnn.network import Network, check_input, numeric_array
 
 __all__ = [
+    "check_pair",
     "positive_number", "check_grads_mode", "prepare_data", "check_data", "check_fit_args", "tree_bytes",
     "available_memory", "check_memory",
 ]
@@ -55,7 +56,10 @@ def prepare_data(net: Network, params, loss: _losses.Loss, x, y, what: str):
         )
     if x.shape[0] == 0:
         raise ValueError(f"{what} needs at least one example, got x of shape {x.shape}.")
-    x2, _ = check_input(net, params, x)
+    try:
+        x2, _ = check_input(net, params, x)
+    except ValueError as e:  # say which data set
+        raise ValueError(f"{what} {e}") from None
     y2 = _losses.check_targets(loss, y, net.output_shape[-1], x2.shape[0], None if loss.sparse else x2.dtype)
     for name, arr in (("x", x2), ("y", y2)):
         if jnp.issubdtype(arr.dtype, jnp.inexact) and not bool(jnp.all(jnp.isfinite(arr))):
@@ -75,8 +79,17 @@ def check_data(net: Network, params, loss, train, test):
             raise TypeError(f"{name} must be a pair (x, y){or_none}, got {type(pair).__name__}.")
     loss_rec = _losses.get(loss)
     x, y = prepare_data(net, params, loss_rec, *train, "train:")
-    test_xy = prepare_data(net, params, loss_rec, *test, "test:") if test is not None else None
+    test_xy = check_pair(net, params, loss_rec, test, "test")
     return loss_rec, x, y, test_xy
+
+
+def check_pair(net: Network, params, loss: _losses.Loss, pair, name: str):
+    """An optional ``(x, y)`` evaluation pair (``"test"``, ``"validation"``) prepared like the training data."""
+    if pair is None:
+        return None
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        raise TypeError(f"{name} must be a pair (x, y) or None, got {type(pair).__name__}.")
+    return prepare_data(net, params, loss, *pair, f"{name}:")
 
 
 def check_fit_args(x, batch_size, epochs) -> tuple[int, int]:

@@ -5,35 +5,39 @@ from __future__ import annotations
 __all__ = ["new_history", "record_epoch", "continued_history", "EpochBar", "progress_bar", "show_epoch"]
 
 
-def new_history(*, with_test: bool) -> dict:
-    """An empty history: per-epoch lists ``epoch``, ``train_loss``, ``epoch_time`` (and the test metrics)."""
+def new_history(*, with_test: bool, with_val: bool = False) -> dict:
+    """An empty history: per-epoch lists ``epoch``, ``train_loss``, ``epoch_time`` (and the test and validation
+    metrics: ``test_loss``, ``test_accuracy``, ``val_loss``, ``val_accuracy``)."""
     history: dict = {"epoch": [], "train_loss": [], "epoch_time": []}
-    if with_test:
-        history.update(test_loss=[], test_accuracy=[])
+    for prefix, wanted in (("test", with_test), ("val", with_val)):
+        if wanted:
+            history.update({f"{prefix}_loss": [], f"{prefix}_accuracy": []})
     return history
 
 
-def record_epoch(history: dict, epoch: int, train_loss, epoch_time: float, test: dict | None) -> None:
+def record_epoch(history: dict, epoch: int, train_loss, epoch_time: float, test: dict | None,
+                 val: dict | None = None) -> None:
     """Append one finished epoch to every list of ``history`` at once, so the lists never disagree in length
-    (an interrupt between two appends cannot leave a shorter ``test_loss``). ``test`` is evaluation's
-    ``{"loss", "accuracy"}`` or None; a history that has test lists but no test set this run (a resumed run
-    without its test data) records ``None`` for them."""
-    test_lists = "test_loss" in history
-    if test is not None and not test_lists:
-        raise ValueError("record_epoch: test metrics given, but the history was made without a test set.")
+    (an interrupt between two appends cannot leave a shorter ``test_loss``). ``test`` and ``val`` are
+    evaluation's ``{"loss", "accuracy"}`` or None; a history that has test (validation) lists but no test set
+    this run (a resumed run without its test data) records ``None`` for them."""
     row = {"epoch": epoch, "train_loss": train_loss, "epoch_time": epoch_time}
-    if test_lists:
-        row.update(test_loss=None if test is None else test["loss"],
-                   test_accuracy=None if test is None else test["accuracy"])
+    for prefix, metrics in (("test", test), ("val", val)):
+        lists = f"{prefix}_loss" in history
+        if metrics is not None and not lists:
+            raise ValueError(f"record_epoch: {prefix} metrics given, but the history was made without them.")
+        if lists:
+            row.update({f"{prefix}_loss": None if metrics is None else metrics["loss"],
+                        f"{prefix}_accuracy": None if metrics is None else metrics["accuracy"]})
     for name, value in row.items():
         history[name].append(value)
 
 
-def continued_history(history: dict, *, with_test: bool) -> dict:
+def continued_history(history: dict, *, with_test: bool, with_val: bool = False) -> dict:
     """A restored history, ready to be continued: every per-epoch list as long as ``history["epoch"]``.
 
     A ``diverged`` record of the run that saved the checkpoint moves to ``earlier_divergences`` (the resumed
-    run has not diverged); test metrics of epochs run without a test set are ``None``.
+    run has not diverged); test (validation) metrics of epochs run without a test (validation) set are ``None``.
     """
     history = dict(history)
     earlier = history.pop("diverged", None)
@@ -41,9 +45,10 @@ def continued_history(history: dict, *, with_test: bool) -> dict:
         history["earlier_divergences"] = [*history.get("earlier_divergences", []), earlier]
     done = len(history["epoch"])
     history.setdefault("epoch_time", [None] * done)
-    if with_test:
-        for name in ("test_loss", "test_accuracy"):
-            history[name] = list(history.get(name, [None] * done))
+    for prefix, wanted in (("test", with_test), ("val", with_val)):
+        if wanted:
+            for name in (f"{prefix}_loss", f"{prefix}_accuracy"):
+                history[name] = list(history.get(name, [None] * done))
     return history
 
 

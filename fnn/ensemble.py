@@ -21,7 +21,7 @@ from fnn._types import Array, ArrayLike, Params, PRNGKey
 from fnn.divergence import DivergenceWarning
 from fnn.evaluation import evaluate_checked
 from fnn.network import Network, check_params, check_state
-from fnn.optim import default_learning_rate, resolve_optimizer
+from fnn.optim import default_learning_rate, is_schedule, resolve_optimizer
 
 __all__ = ["fit_ensemble"]
 
@@ -137,7 +137,8 @@ def fit_ensemble(
       net, params: the network and the stacked initial params (a leading member axis on every leaf).
       train, test, loss, epochs, batch_size, optimizer, grads, unroll, eval_batch_size: as in :func:`fnn.fit`.
       learning_rate: a scalar or one per member; None takes the optimizer's default as in ``fit`` (plain SGD 0.1);
-        must be None beside an optax transformation.
+        must be None beside an optax transformation. A schedule (``count -> rate``, :mod:`fnn.optim`) is
+        shared by every member.
       keys: ``(K,)`` PRNG keys, one per member.
       progress: a tqdm progress bar over epochs (showing member 0's loss and accuracy).
       strict: ``fit``'s strict mode per member: a step that goes non-finite freezes that member at its last
@@ -168,9 +169,11 @@ def fit_ensemble(
     eval_batch_size = positive_number("eval_batch_size", eval_batch_size, integer=True)
     unroll = positive_number("unroll", unroll, integer=True)
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
-    if isinstance(optimizer, optax.GradientTransformation):  # it carries its own rate; lr is not used then
-        resolve_optimizer(optimizer, learning_rate)  # refuses a learning_rate beside it
-        lr, rate = jnp.ones((k,), dtype), None
+    if isinstance(optimizer, optax.GradientTransformation) or is_schedule(learning_rate):
+        # it carries its own rate (a schedule: one for every member, in the optimizer state); lr is not used
+        resolve_optimizer(optimizer, learning_rate)  # refuses a learning_rate beside an optax object
+        lr, rate = jnp.ones((k,), dtype), (None if isinstance(optimizer, optax.GradientTransformation)
+                                            else learning_rate)
     else:
         default = learning_rate is None
         lr = _member_rates(default_learning_rate(optimizer) if default else learning_rate, k, dtype, optimizer)

@@ -16,7 +16,6 @@ mini-batches, evaluate after each epoch — compiled end to end:
 
 from __future__ import annotations
 
-import functools
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -29,16 +28,18 @@ import optax
 from fnn import _epoch, divergence, parallel, penalties
 from fnn import losses as _losses
 from fnn._checkpointer import CHECKPOINT_NAME, Checkpointer
-from fnn._checks import check_data, check_fit_args, check_grads_mode, check_memory, positive_number
+from fnn._checks import check_data, check_fit_args, check_memory, check_pair, positive_number
 from fnn._epoch import epoch_order
 from fnn._history import continued_history, new_history, progress_bar, record_epoch, show_epoch
 from fnn._program import Program, program
 from fnn._types import ArrayLike, Params, PRNGKey
 from fnn.divergence import DivergenceWarning
+from fnn.early_stopping import EarlyStopping, Tracker, check_early_stopping, restore_best
 from fnn.ensemble import fit_ensemble
-from fnn.evaluation import evaluate, evaluate_checked
-from fnn.network import Network, check_params, check_params_type, check_state, numeric_array
-from fnn.optim import OPTIMIZERS, make_optimizer, named_learning_rate, resolve_optimizer
+from fnn.evaluation import evaluate, evaluate_checked, is_classification
+from fnn.network import Network, check_params, check_state
+from fnn.optim import OPTIMIZERS, is_schedule, make_optimizer, named_learning_rate
+from fnn.step import sgd_step
 
 __all__ = [
     "sgd_step",
@@ -69,132 +70,6 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.params, self.history, self.checkpoint, self.state = params, history, checkpoint, state
 
 
-# --- one step -------------------------------------------------------------------------------------------
-
-def sgd_step(
-    net: Network,
-    loss,
-    *,
-    learning_rate: float | None = None,
-    grads: str = "manual",
-    optimizer: str | optax.GradientTransformation | None = None,
-    devices: int | Sequence[jax.Device] | None = None,
-    penalty=None,
-) -> Callable:
-    """A jitted training step.
-
-    Without an optimizer, plain SGD updates every weight and bias at once, ``W := W - α dW``::
-
-        step(params, x, y) -> (params, loss)
-
-    With an optimizer (a name in ``OPTIMIZERS`` or an optax transformation), the optimizer state is threaded
-    (create it with ``optimizer.init(params)``; for a name, with ``fnn.make_optimizer(name, lr).init``)::
-
-        step(params, opt_state, x, y) -> (params, opt_state, loss)
-
-    For a net with dropout the step takes a last argument ``key`` (the step's dropout masks; required). A net
-    with state (BatchNorm) takes and returns it after the optimizer state, every step in training mode::
-
-        step(params, state, x, y) -> (params, state, loss)
-        step(params, opt_state, state, x, y) -> (params, opt_state, state, loss)
-
-    Args:
-      net: the network.
-      loss: loss name or record.
-      learning_rate: α for plain SGD and named optimizers; None takes the optimizer's default
-        (``fnn.optim.DEFAULT_LEARNING_RATES``: SGD 0.1, momentum 0.01, adam 1e-3). Must be None beside an optax
-        transformation, which carries its own (``ValueError`` otherwise).
-      grads: ``"manual"`` (hand-written backprop, the default) or ``"autodiff"`` (``jax.grad``).
-      optimizer: None, ``"sgd"``, ``"momentum"``, ``"adam"`` or an ``optax.GradientTransformation``.
-      devices: data parallelism (:mod:`fnn.parallel`): a device count or a sequence of ``jax.Device``; each
-        batch is split across them (its size must be divisible by their number, else ``ValueError``) and the
-        grads are averaged with ``lax.pmean``. With several processes each passes its part of the batch.
-      penalty: an :mod:`fnn.penalties` record (e.g. ``fnn.penalties.l2(1e-4)``) added to the loss and grads.
-
-    Returns:
-      The jitted step; ``loss`` is the loss of the batch *before* the update. With a sparse loss, the step
-      first checks that concrete labels lie in ``[0, n_out)`` (``ValueError`` otherwise: inside ``jit`` an
-      out-of-range label would one-hot to zeros and silently drop out of the loss); under your own ``jit`` or
-      ``lax.scan`` the labels are tracers and only their shape and dtype are checked.
-    """
-    loss = _losses.get(loss)
-    optimizer, lr = resolve_optimizer(optimizer, learning_rate)
-    grads = check_grads_mode(grads)
-    check_params_type(net)
-    stateful = optimizer is not None or net.stateful  # the update threads an optimizer (or network) state
-    keyed = net.stochastic
-    penalty = penalties.get(penalty)
-    if devices is not None:  # data parallel over a device mesh
-        mesh = parallel.make_mesh(devices)
-        update = parallel.make_update(net, loss, grads, optimizer, penalty=penalty)
-        step = parallel.make_step(update, mesh, lr=lr, stateful=stateful, keyed=keyed)
-    else:
-        step = _jitted_step(_epoch.make_update(net, loss, grads, optimizer, penalty=penalty), lr, stateful=stateful)
-    names = ["params", *(["opt_state"] if optimizer is not None else []), *(["state"] if net.stateful else []),
-             "x", "y"]
-    if net.stateful:
-        step = _with_net_state(step, net, optimizer is not None)
-    return _with_input_checks(step, loss, net.output_shape[-1], names=names, keyed=keyed)
-
-
-def _with_net_state(step: Callable, net: Network, with_optimizer: bool) -> Callable:
-    """The step of a net with state: ``(params[, opt_state], state, x, y[, key]) -> (params[, opt_state], state,
-    loss)`` around the update's ``(opt_state, state)`` slot (:func:`fnn._epoch.make_update`)."""
-
-    def run(params, *args):
-        opt_state, (state, *rest) = (args[0], args[1:]) if with_optimizer else ((), args)
-        params, (opt_state, state), value = step(params, (opt_state, check_state(net, state)), *rest)
-        return (params, opt_state, state, value) if with_optimizer else (params, state, value)
-
-    return run
-
-
-def _jitted_step(update, lr, *, stateful: bool) -> Callable:
-    if not stateful:
-
-        @jax.jit
-        def step(params, x, y, *key):
-            params, _, value, _ = update(params, (), x, y, lr, *key)
-            return params, value
-
-    else:
-
-        @jax.jit
-        def step(params, opt_state, x, y, *key):
-            params, opt_state, value, _ = update(params, opt_state, x, y, lr, *key)
-            return params, opt_state, value
-
-    return step
-
-
-def _with_input_checks(step: Callable, loss: _losses.Loss, n_out: int, *, names: list[str],
-                       keyed: bool = False) -> Callable:
-    """``step`` that first checks concrete ``x`` and ``y`` on the host, before ``jax.jit`` converts them: arrays of
-    objects, strings or complex numbers are a ``TypeError`` naming the argument (JAX would say "Error
-    interpreting argument", or drop the imaginary part), and sparse labels must lie in ``[0, n_out)`` (inside
-    ``jit`` an out-of-range label would silently one-hot to a row of zeros, and an int64 label would first wrap
-    to int32). Costs a host copy of the labels per call; under the caller's own ``jit``/``scan`` the arguments
-    are tracers and only their dtypes are checked."""
-
-    y_index = names.index("y")
-
-    @functools.wraps(step)
-    def checked(*args):
-        if len(args) != y_index + 1 + keyed:
-            shown = names + (["key"] if keyed else [])
-            extra = " (the net has dropout: pass the step's PRNG key last)" if keyed else ""
-            raise TypeError(f"step takes {len(shown)} arguments ({', '.join(shown)}){extra}, got {len(args)}.")
-        if len(args) > y_index:
-            args = list(args)
-            args[y_index - 1] = numeric_array("x", args[y_index - 1])
-            args[y_index] = y = numeric_array("y", args[y_index])
-            if loss.sparse and not isinstance(y, jax.core.Tracer) and np.issubdtype(y.dtype, np.integer):
-                _losses.check_label_range(loss, np.asarray(y), n_out)
-        return step(*args)
-
-    return checked
-
-
 # --- fit ------------------------------------------------------------------------------------------------
 
 def fit(
@@ -206,7 +81,7 @@ def fit(
     loss,
     epochs: int,
     batch_size: int,
-    learning_rate: float | None = None,
+    learning_rate=None,
     optimizer: str | optax.GradientTransformation | None = None,
     grads: str = "manual",
     key: PRNGKey,
@@ -221,6 +96,8 @@ def fit(
     devices: int | Sequence[jax.Device] | None = None,
     penalty=None,
     state=None,
+    validation: tuple[ArrayLike, ArrayLike] | None = None,
+    early_stopping: EarlyStopping | None = None,
 ) -> tuple:
     """Train with mini-batch SGD (or an optax optimizer), one compiled ``lax.scan`` per epoch.
 
@@ -234,7 +111,11 @@ def fit(
         each shuffle is dropped).
       learning_rate: α for plain SGD and named optimizers; None takes the optimizer's default
         (``fnn.optim.DEFAULT_LEARNING_RATES``: SGD 0.1, momentum 0.01, adam 1e-3). Must be None beside an optax
-        transformation, which carries its own (``ValueError`` otherwise: the pair is ambiguous).
+        transformation, which carries its own (``ValueError`` otherwise: the pair is ambiguous). A schedule
+        (``count -> rate``, e.g. ``optax.cosine_decay_schedule(0.1, epochs * (n // batch_size))``) is evaluated
+        at every step inside the compiled epoch, step ``t`` counted from 0 over the whole run; its step count is
+        in the optimizer state (plain SGD runs as ``optax.sgd(schedule)``), so it is checkpointed and resumed
+        (:mod:`fnn.optim`).
       optimizer: None (plain SGD), ``"sgd"``, ``"momentum"``, ``"adam"`` or an optax transformation.
       grads: ``"manual"`` (hand-written backprop) or ``"autodiff"``.
       key: PRNG key; epoch ``e`` shuffles with ``jax.random.fold_in(key, e)``.
@@ -261,15 +142,22 @@ def fit(
       state: the network's state (``net.init_state()``), required for a net with BatchNorm: carried through
         the compiled epoch beside the optimizer state (every step in training mode), used by the evaluation
         (inference mode, running statistics), saved in checkpoints and restored bit-identically on resume.
+      validation: optional ``(x, y)`` evaluated after every epoch like ``test`` (``val_loss``,
+        ``val_accuracy``); the set ``early_stopping`` monitors.
+      early_stopping: an :class:`fnn.EarlyStopping` rule (:mod:`fnn.early_stopping`): stop when the validation
+        metric has not improved for ``patience`` epochs, return the best epoch's params (``restore_best``),
+        write them to ``checkpoint_dir/best.safetensors`` and record ``history["early_stopping"]``. Needs
+        ``validation`` (``ValueError`` otherwise).
 
     Dropout: step ``s`` of epoch ``e`` draws its masks from ``fnn._epoch.step_keys(fold_in(key, e), steps)[s]``,
     a stream of its own, so the shuffle order does not depend on the dropout; evaluation runs without dropout.
 
     Returns:
       ``(params, history)``, with ``state=`` ``(params, state, history)``; ``history`` is a dict of per-epoch
-      lists: ``epoch``, ``train_loss``,
-      ``epoch_time`` and, with ``test``, ``test_loss`` and ``test_accuracy`` (None for regression), every list
-      as long as ``epoch`` (an epoch is recorded all at once, after its evaluation); ``diverged`` is set (a dict
+      lists: ``epoch``, ``train_loss``, ``epoch_time`` and, with ``test``, ``test_loss`` and ``test_accuracy``
+      (None for regression; with ``validation`` the same as ``val_loss`` and ``val_accuracy``), every list as
+      long as ``epoch`` (an epoch is recorded all at once, after its evaluation); with ``early_stopping`` the
+      record ``history["early_stopping"]`` and the params of its best epoch; ``diverged`` is set (a dict
       with ``epoch``, ``step``, ``layer`` and ``message``) when training stopped on a non-finite value. A resumed
       run continues the saved history: a ``diverged`` record of the run that saved the checkpoint moves to
       ``earlier_divergences``, and test metrics of epochs that ran without a test set are ``None``.
@@ -285,6 +173,9 @@ def fit(
     """
     check_params(net, params)
     loss_rec, x, y, test_xy = check_data(net, params, loss, train, test)
+    val_xy = check_pair(net, params, loss_rec, validation, "validation")
+    rule = check_early_stopping(early_stopping, has_validation=val_xy is not None,
+                                classification=is_classification(net, loss_rec))
     epochs, batch_size = check_fit_args(x, batch_size, epochs)
     checkpoint_every = positive_number("checkpoint_every", checkpoint_every, integer=True)
     unroll = positive_number("unroll", unroll, integer=True)
@@ -299,16 +190,33 @@ def fit(
     given_state, state = state is not None, check_state(net, state)
     # a net with state carries (opt_state, state) in the optimizer-state slot of the epoch (fnn._epoch)
     opt_state = prog.init_state(params) if state is None else (prog.init_state(params), state)
-    ckpt = Checkpointer(checkpoint_dir, net, _config(loss_rec, batch_size, grads, strict, optimizer, learning_rate,
-                                                     prog, penalty), with_opt_state=prog.optimizer is not None,
+    config = _config(loss_rec, batch_size, grads, strict, optimizer, learning_rate, prog, penalty)
+    if rule is not None:  # recorded only when there is one (older checkpoints match runs without it)
+        config["early_stopping"] = rule.describe()
+    ckpt = Checkpointer(checkpoint_dir, net, config, with_opt_state=prog.optimizer is not None,
                         with_state=state is not None)
-    history, start = new_history(with_test=test is not None), 0
+    tracker = None if rule is None else Tracker(rule, net, checkpoint_dir)
+    history, start = new_history(with_test=test is not None, with_val=val_xy is not None), 0
     if resume and (restored := ckpt.restore(opt_state)) is not None:
-        params, opt_state, start, saved_history, key = restored
-        history = continued_history(saved_history, with_test=test is not None)
+        params, opt_state, start, saved_history, key = restored[:5]
+        history = continued_history(saved_history, with_test=test is not None, with_val=val_xy is not None)
+        if tracker is not None:
+            tracker.replay(history, restore_best(restored.arrays, params, None if state is None else opt_state[1],
+                                                 restored.best_epoch))
 
     def done(params, opt_state, history):
+        if tracker is not None and tracker.rule.restore_best and tracker.best_epoch is not None:
+            params, opt_state = tracker.params, (None, tracker.state)
         return (params, opt_state[1], history) if given_state else (params, history)
+
+    def save(epoch, params, opt_state, history):
+        extra = None if tracker is None else tracker.saved()
+        return ckpt.save(epoch, params, opt_state, history, key, extra=extra,
+                         best_epoch=None if tracker is None else tracker.best_epoch)
+
+    if tracker is not None and tracker.exhausted(start):  # the resumed run had stopped already
+        tracker.record(history, history.get("early_stopping", {}).get("stopped_epoch") or start)
+        return done(params, opt_state, history)
 
     bar = progress_bar(progress, total=epochs, initial=start)
     try:
@@ -328,19 +236,27 @@ def fit(
                                                          at_start=at_start, key=key, ckpt=ckpt, params=params,
                                                          opt_state=opt_state))
             epoch_time = time.perf_counter() - t0
-            test_metrics = None if test_xy is None else evaluate_checked(
-                net, loss_rec, new_params, *test_xy, batch_size=eval_batch_size,
-                state=None if state is None else new_state[1])
+            net_state = None if state is None else new_state[1]
+            test_metrics, val_metrics = (None if xy is None else evaluate_checked(
+                net, loss_rec, new_params, *xy, batch_size=eval_batch_size, state=net_state)
+                for xy in (test_xy, val_xy))
             params, opt_state = new_params, new_state
-            record_epoch(history, e + 1, float(step_losses.mean()), epoch_time, test_metrics)
+            record_epoch(history, e + 1, float(step_losses.mean()), epoch_time, test_metrics, val_metrics)
+            stop = False
+            if tracker is not None:
+                tracker.observe(e + 1, val_metrics[rule.monitor[4:]], params, net_state)
+                stop = tracker.exhausted(e + 1)
+                tracker.record(history, e + 1 if stop else None)
             show_epoch(bar, history)
-            if (e + 1) % checkpoint_every == 0 or e + 1 == epochs:
-                ckpt.save(e + 1, params, opt_state, history, key)
+            if (e + 1) % checkpoint_every == 0 or e + 1 == epochs or stop:
+                save(e + 1, params, opt_state, history)
             if callback is not None:
                 callback(e + 1, history)
+            if stop:
+                break
     except KeyboardInterrupt as interrupt:
         done = len(history["epoch"])
-        path = ckpt.save(done, params, opt_state, history, key)
+        path = save(done, params, opt_state, history)
         msg = f"Training interrupted after {done} epoch(s); " + (
             f"checkpoint saved to {path}. {ckpt.resume_hint()}" if path is not None
             else "pass checkpoint_dir to keep a checkpoint.")
@@ -360,6 +276,8 @@ def _config(loss: _losses.Loss, batch_size, grads, strict, optimizer, learning_r
     config = {"loss": loss.name, "batch_size": batch_size, "grads": grads, "strict": strict,
               "optimizer": optimizer if optimizer is None or isinstance(optimizer, str) else "optax",
               "lr": named_learning_rate(optimizer, learning_rate) if isinstance(optimizer, str) else prog.lr}
+    if is_schedule(learning_rate):  # a schedule is recorded by kind only, as an optax object is
+        config["lr"] = "schedule"
     penalty = penalties.get(penalty)
     if penalty is not None:
         try:
