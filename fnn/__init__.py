@@ -6,7 +6,19 @@ Networks are pure functions over parameter pytrees (``net.init(key) -> params``,
 whole epochs compiled as one ``lax.scan``.
 """
 
-from fnn import activations, checkpoint, curvature, data, initializers, layers, losses, parallel, penalties, stats
+from fnn import (
+    activations,
+    checkpoint,
+    curvature,
+    data,
+    initializers,
+    layers,
+    losses,
+    parallel,
+    penalties,
+    stats,
+    tabular,
+)
 from fnn.backprop import Trace, autodiff, backprop, manual_apply, manual_objective, objective, per_example_grads
 from fnn.checkpoint import Checkpoint, load, save
 from fnn.data import (
@@ -20,8 +32,11 @@ from fnn.data import (
     standardize,
     train_test_split,
 )
+from fnn.early_stopping import EarlyStopping
+from fnn.export import export_onnx
 from fnn.gradcheck import GradcheckReport, finite_difference_grads, gradcheck, taylor_test
 from fnn.network import Network, mlp, serial
+from fnn.run import load_run
 from fnn.train import (
     DivergenceWarning,
     TrainingInterrupted,
@@ -38,6 +53,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Checkpoint",
     "DivergenceWarning",
+    "EarlyStopping",
     "GradcheckReport",
     "Network",
     "Trace",
@@ -51,6 +67,7 @@ __all__ = [
     "digits",
     "epoch_order",
     "evaluate",
+    "export_onnx",
     "fashion_mnist",
     "finite_difference_grads",
     "fit",
@@ -62,6 +79,7 @@ __all__ = [
     "load",
     "load_dataset",
     "load_idx",
+    "load_run",
     "losses",
     "make_optimizer",
     "manual_apply",
@@ -78,6 +96,7 @@ __all__ = [
     "sgd_step",
     "standardize",
     "stats",
+    "tabular",
     "taylor_test",
     "train_test_split",
 ]

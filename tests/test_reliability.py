@@ -19,6 +19,7 @@ tests/test_data.py and tests/test_checkpoint.py. This file does not repeat them.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import math
 import os
@@ -603,6 +604,25 @@ OTHER_ROWS = [
         lambda tmp: fnn.fit_ensemble(DROPOUT_NET, DROPOUT_P, (X, Y), loss=SPARSE, epochs=1, batch_size=2,
                                      keys=jax.random.split(KEY, 2)), ValueError,
         (r"stacked params", r"layer 0's w of shape \(K, 4, 5\), got \(4, 5\)")),
+    Row("EarlyStopping", "zero patience", _fit(test=(X, Y), validation=(X, Y),
+                                              early_stopping=fnn.EarlyStopping(patience=0)), ValueError,
+        (r"patience must be a positive int", r"got 0")),
+    Row("fit", "early stopping without a validation set", _fit(early_stopping=fnn.EarlyStopping()), ValueError,
+        (r"monitors 'val_loss'", r"needs a validation set", r"validation=\(x_val, y_val\)")),
+    Row("fit", "validation set of the wrong width", _fit(validation=(X[:, :2], Y)), ValueError,
+        (r"validation: Layer 0: expected 4 input features", r"got 2")),
+    Row("fit", "a schedule beside an optax object", _fit(learning_rate=lambda count: 0.1,
+                                                         optimizer=optax.sgd(0.1)), ValueError,
+        (r"beside an optax transformation", r"ambiguous")),
+    Row("export_onnx", "a layer kind ONNX export does not know",
+        lambda tmp: fnn.export_onnx(fnn.serial(fnn.layers.Spec("Cube", {}, lambda shape, where: dataclasses.replace(
+            fnn.layers.Flatten().bind(shape, where), kind="Cube")), input_shape=(4,)), [{}], tmp / "m.onnx"),
+        ValueError, (r"Layer 0 \(Cube\) cannot be exported to ONNX", r"supported kinds: Dense")),
+    Row("load_run", "a folder that is not a run", lambda tmp: fnn.load_run(tmp), ValueError,
+        (r"is not a run folder", r"no config\.json")),
+    Row("tabular", "a CSV with a missing value",
+        lambda tmp: (tmp / "m.csv").write_text("a,y\n1,u\n,v\n") and fnn.tabular.read_csv(tmp / "m.csv"),
+        ValueError, (r"m\.csv: line 3, column 'a': missing value",)),
     Row("save", "state without one entry per layer",
         lambda tmp: fnn.save(tmp / "s.safetensors", P, net=NET, state=[{}]), ValueError,
         (r"state must be a list with one entry per layer \(2", r"got 1 entries")),
