@@ -43,9 +43,9 @@ try:
 except ImportError:  # Windows: staleness from the pid alone
     fcntl = None
 
-__all__ = ["CONFIG_RECORDS", "LOCK_NAME", "RESUME_MAY_CHANGE", "TRAIN_DEFAULTS", "check_config", "check_fingerprint",
-           "check_no_run_yet", "data_fingerprint", "describe_fingerprint", "is_fingerprint", "locked", "make_folder",
-           "read_config"]
+__all__ = ["CONFIG_RECORDS", "LOCK_NAME", "RESUME_MAY_CHANGE", "SCHEDULES", "TRAIN_DEFAULTS", "check_config",
+           "check_fingerprint", "check_no_run_yet", "data_fingerprint", "describe_fingerprint", "is_fingerprint",
+           "locked", "make_folder", "read_config"]
 
 LOCK_NAME = "train.lock"
 
@@ -75,9 +75,20 @@ TRAIN_DEFAULTS = {
     "l2": 0.0,  # 0: no penalty; else fnn.penalties.l2(lam), (lam/2)·Σw² over the weights
     "l1": 0.0,  # 0: no penalty; else fnn.penalties.l1(lam), lam·Σ|w| over the weights
     "norm": None,  # "layer"/"batch": a LayerNorm/BatchNorm before every hidden activation (fnn._cli_models)
+    "data_file": None,  # --data: a CSV/NPZ file or an IDX folder (fnn.cli_data), instead of --dataset
+    "target": None,  # --target: the CSV's target column (None: the last one)
+    "features": None,  # --features: the CSV's feature columns (None: every other one)
+    "task": None,  # --task classification|regression (None: from the target, fnn.cli_data)
+    "test_fraction": 0.2,  # the test split of a file without a test set
+    "val_fraction": 0.0,  # 0: no validation split; else the part of the training data held out
+    "patience": None,  # early stopping on val_loss after that many epochs without improvement (None: off)
+    "schedule": "constant",  # constant|cosine|step (fnn.cli_train.make_schedule)
+    "schedule_epochs": None,  # the epochs the schedule spans: the first run's --epochs (recorded)
 }
 #: Options that ``--resume`` may change; every other setting comes from the run's config.json.
 RESUME_MAY_CHANGE = ("epochs", "data_dir")
+#: ``--schedule``'s choices.
+SCHEDULES = ("constant", "cosine", "step")
 #: What config.json holds besides the settings: the network's description, the fingerprint of the training
 #: data (and of earlier data, after ``--allow-other-data``) and the fnn version that wrote it.
 CONFIG_RECORDS = ("network", "data", "earlier_data", "fnn_version")
@@ -119,6 +130,21 @@ def check_config(config: dict, where: str | None = None) -> dict:
         "l2": ("a finite number >= 0 (0: no L2 penalty)", is_real(config["l2"]) and config["l2"] >= 0),
         "l1": ("a finite number >= 0 (0: no L1 penalty)", is_real(config["l1"]) and config["l1"] >= 0),
         "norm": ("'layer', 'batch' or null", config["norm"] in (None, "layer", "batch")),
+        "data_file": ("a file or folder name or null", config["data_file"] is None or isinstance(config["data_file"],
+                                                                                                  str)),
+        "target": ("a column name or null", config["target"] is None or isinstance(config["target"], str)),
+        "features": ("a list of column names or null", config["features"] is None or (
+                     isinstance(config["features"], list) and config["features"]
+                     and all(isinstance(f, str) and f for f in config["features"]))),
+        "task": ("'classification', 'regression' or null", config["task"] in (None, "classification", "regression")),
+        "test_fraction": ("a fraction in (0, 1)", is_real(config["test_fraction"]) and 0 < config["test_fraction"] < 1),
+        "val_fraction": ("a fraction in [0, 1) (0: no validation set)",
+                         is_real(config["val_fraction"]) and 0 <= config["val_fraction"] < 1),
+        "patience": ("a positive integer or null", config["patience"] is None or (
+                     is_int(config["patience"]) and config["patience"] > 0)),
+        "schedule": (f"one of {', '.join(SCHEDULES)}", config["schedule"] in SCHEDULES),
+        "schedule_epochs": ("a positive integer or null", config["schedule_epochs"] is None or (
+                            is_int(config["schedule_epochs"]) and config["schedule_epochs"] > 0)),
     }
     for key, (kind, ok) in expected.items():
         if not ok:

@@ -1,6 +1,9 @@
-"""The ``fnn`` command line: ``fnn train``, ``fnn gradcheck`` and ``fnn bench``, and its exit codes.
+"""The ``fnn`` command line: ``fnn train``, ``evaluate``, ``predict``, ``export``, ``gradcheck`` and ``bench``, and
+its exit codes.
 
-``fnn train`` (:mod:`fnn.cli_train`) trains an MLP and writes a run folder; ``fnn gradcheck``
+``fnn train`` (:mod:`fnn.cli_train`) trains an MLP and writes a run folder; ``fnn evaluate``, ``fnn predict`` and
+``fnn export`` (:mod:`fnn.cli_use`) use one: its loss, accuracy and confusion matrix on its test set or new data,
+its predictions for a CSV or an .npz, its network as an ONNX model taking raw features; ``fnn gradcheck``
 (:mod:`fnn.cli_gradcheck`) compares the hand-written gradient with ``jax.grad`` and finite differences;
 ``fnn bench`` runs ``benchmarks/bench.py`` of the source checkout fnn runs from (the benchmark is not installed
 with the package: from an installed fnn, ``fnn bench`` says so and exits with 2).
@@ -35,7 +38,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import fnn
-from fnn import cli_gradcheck, cli_train
+from fnn import cli_gradcheck, cli_train, cli_use
 from fnn._cli import (
     EXIT_FAILED,
     EXIT_INTERNAL,
@@ -55,7 +58,7 @@ __all__ = ["EXIT_FAILED", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_
            "PLOT_SKIPPED", "RESUME_MAY_CHANGE", "TRAIN_DEFAULTS", "UsageError", "bench_script", "main",
            "natural_output", "os_error_message", "run_bench"]
 
-COMMANDS = ("train", "gradcheck", "bench")
+COMMANDS = ("train", "evaluate", "predict", "export", "gradcheck", "bench")
 TRACEBACK_HINT = "set FNN_TRACEBACK=1 for the traceback"
 
 
@@ -69,8 +72,10 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fnn", description="fnn: functional neural networks on JAX with a hand-written backprop.")
     parser.add_argument("--version", action="version", version=f"fnn {fnn.__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{train,gradcheck,bench}", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="{train,evaluate,predict,export,gradcheck,bench}",
+                                     required=True)
     cli_train.add_parser(commands)
+    cli_use.add_parsers(commands)
     cli_gradcheck.add_parser(commands)
     commands.add_parser("bench", help="the benchmark of a source checkout (fnn bench --help)", add_help=False)
     return parser

@@ -43,13 +43,14 @@ import warnings
 from pathlib import Path
 
 import jax
-import numpy as np
+import optax
 
 import fnn
 from fnn._checkpointer import check_run_metadata, restored_key
 from fnn._checks import check_memory
-from fnn._cli import EXIT_FAILED, EXIT_OK, UsageError, error, one_line, positive, user_input, widths, write_json
-from fnn._cli_models import CNN_FILTERS, NORMS, make_cnn, make_net, make_penalty
+from fnn._cli import EXIT_FAILED, EXIT_OK, UsageError, error, user_input, write_json
+from fnn._cli_models import CNN_FILTERS, make_cnn, make_net, make_penalty
+from fnn._cli_train_args import add_train_arguments
 from fnn._files import check_regular_file
 from fnn._run_folder import (
     RESUME_MAY_CHANGE,
@@ -63,7 +64,9 @@ from fnn._run_folder import (
     make_folder,
     read_config,
 )
-from fnn.idx import MNIST_FILES
+from fnn.cli_data import load_run_data
+from fnn.early_stopping import BEST_NAME
+from fnn.run import write_preprocessing
 from fnn.train import CHECKPOINT_NAME
 
 __all__ = ["CNN_FILTERS", "PLOT_SKIPPED", "RESUME_MAY_CHANGE", "TRAIN_DEFAULTS", "add_parser", "check_config",
@@ -73,75 +76,40 @@ PLOT_SKIPPED = "plot skipped: matplotlib is not installed (pip install 'fnn[plot
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Add the ``train`` sub-command to the ``fnn`` parser's sub-commands."""
-    d = TRAIN_DEFAULTS
     train = commands.add_parser(
-        "train", help="train an MLP and write a run folder",
+        "train", help="train an MLP or a CNN and write a run folder",
         description="Train an MLP (default: 64-128-10 relu/softmax on the shipped digits, hand-written backprop, "
-                    "plain SGD) and write a run folder with config.json, checkpoint.safetensors, history.json "
-                    "and curves.png. The last line printed is 'test accuracy: 0.xxxx'.",
+                    "plain SGD) on a shipped data set or your own CSV/NPZ file (--data) and write a run folder with "
+                    "config.json, preprocessing.json, checkpoint.safetensors, history.json and curves.png. The "
+                    "last line printed is 'test accuracy: 0.xxxx' ('test mse: ...' for a regression).",
     )
-    train.add_argument("--model", choices=("mlp", "cnn"),
-                       help="mlp (Dense layers, --hidden) or cnn (two 3x3 convolution + 2x2 max-pool stages, 32 and "
-                            "64 filters, then the --hidden Dense layers; images, digits or fashion-mnist) "
-                            f"(default {d['model']})")
-    train.add_argument("--dataset", help=f"digits, iris, mnist or fashion-mnist (default {d['dataset']})")
-    train.add_argument("--data-dir", help="folder of the IDX files (required for mnist; fashion-mnist defaults "
-                                          "to /usr/share/datasets/fashion-mnist)")
-    train.add_argument("--hidden", type=widths, metavar="W1,W2,...",
-                       help="hidden layer widths, comma-separated; '' for none (default 128)")
-    train.add_argument("--activation", help=f"hidden activation (default {d['activation']})")
-    train.add_argument("--output", help="output activation (default: the loss's natural one, softmax for "
-                                        "(sparse) categorical cross-entropy, sigmoid for mse/quadratic)")
-    train.add_argument("--loss", help=f"loss (default {d['loss']})")
-    train.add_argument("--epochs", type=positive(int),
-                       help=f"total epochs, counting resumed ones (default {d['epochs']})")
-    train.add_argument("--batch-size", type=positive(int), help=f"mini-batch size (default {d['batch_size']})")
-    train.add_argument("--lr", type=positive(float),
-                       help="learning rate α (default: the optimizer's own, sgd 0.1, momentum 0.01, adam 0.001)")
-    train.add_argument("--optimizer", help="sgd (plain W := W - α dW), momentum or adam (default sgd)")
-    train.add_argument("--grads", choices=("manual", "autodiff"),
-                       help="hand-written backprop or jax.grad (default manual)")
-    train.add_argument("--seed", type=int, help=f"PRNG seed for init and shuffling (default {d['seed']})")
-    train.add_argument("--no-standardize", dest="standardize", action="store_false", default=None,
-                       help="feed the raw [0, 1] features instead of standardizing them with training statistics")
-    train.add_argument("--strict", action="store_true", default=None,
-                       help="check every step for non-finite values (stops at the exact step that diverged)")
-    train.add_argument("--dropout", type=float, metavar="RATE",
-                       help="dropout after every hidden layer: each hidden unit is dropped with probability RATE "
-                            "in [0, 1) during training (inverted dropout; off in evaluation); default 0, none")
-    train.add_argument("--norm", choices=tuple(NORMS),
-                       help="a LayerNorm or BatchNorm between every hidden layer's linear part (then without "
-                            "bias) and its activation; BatchNorm's running statistics are saved with the params "
-                            "(default: none)")
-    train.add_argument("--l2", type=float, metavar="LAM",
-                       help="L2 weight penalty (LAM/2)·Σw² over the weights only (not the biases), added once per "
-                            "mini-batch to the batch-mean loss (gradient LAM·w); Nielsen's (λ/2n)·Σw² is --l2 λ/n; "
-                            "default 0, none")
-    train.add_argument("--l1", type=float, metavar="LAM",
-                       help="L1 weight penalty LAM·Σ|w| over the weights only, added like --l2 (both: their sum); "
-                            "default 0, none")
-    train.add_argument("--devices", type=positive(int), default=None, metavar="N",
-                       help="data-parallel over the first N devices of jax.devices(); --batch-size must be divisible "
-                            "by N (on CPU, test with XLA_FLAGS=--xla_force_host_platform_device_count=N)")
-    train.add_argument("--out", help="run folder to create (default runs/<dataset>-<timestamp>)")
-    train.add_argument("--resume", metavar="DIR", help="continue the run in DIR (its config.json) up to --epochs")
-    train.add_argument("--allow-other-data", action="store_true",
-                       help="with --resume: continue even though the training data differ from the run's")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_train_arguments(train)
     train.set_defaults(func=run)
 
 
 def train_config(args: argparse.Namespace) -> tuple[dict, Path, dict]:
     """The run's settings, folder and records: the defaults with the given options, or a resumed run's
     config.json (its settings, and its records: the network, the data fingerprint)."""
-    given = {k: getattr(args, k) for k in TRAIN_DEFAULTS if getattr(args, k) is not None}
-    if given.get("data_dir") is not None:
-        given["data_dir"] = str(Path(given["data_dir"]).resolve())
+    given = {k: getattr(args, k) for k in TRAIN_DEFAULTS if getattr(args, k, None) is not None}
+    for k in ("data_dir", "data_file"):
+        if given.get(k) is not None:
+            given[k] = str(Path(given[k]).resolve())
     if args.resume is None:
         if args.allow_other_data:
             raise UsageError("--allow-other-data applies only with --resume DIR.")
+        if "data_file" in given and ("dataset" in given or "data_dir" in given):
+            raise UsageError("--data PATH trains on your own file or IDX folder; do not combine it with --dataset or "
+                             "--data-dir.")
+        if "data_file" not in given and any(k in given for k in ("target", "features", "task")):
+            raise UsageError("--target, --features and --task describe a file given with --data PATH.")
+        if "patience" in given and not given.get("val_fraction"):
+            raise UsageError(f"--patience {given['patience']} stops on the validation loss and needs a validation "
+                             f"set: add --val-fraction F (e.g. 0.1), the part of the training data held out.")
         config, records = check_config({**TRAIN_DEFAULTS, **given}), {}
         config["dataset"] = config["dataset"].strip().lower().replace("_", "-")
+        if config["data_file"] is not None:  # the folder's name
+            config["dataset"] = Path(config["data_file"]).name.split(".")[0] or "data"
+        config["schedule_epochs"] = config["epochs"]
         if args.out is not None:
             out = Path(args.out)
             if out.exists() and not out.is_dir():
@@ -160,9 +128,11 @@ def train_config(args: argparse.Namespace) -> tuple[dict, Path, dict]:
             if k in RESUME_MAY_CHANGE:
                 config[k] = v
             elif v != config[k]:
-                flag = "--no-standardize" if k == "standardize" else "--" + k.replace("_", "-")
+                flag = {"standardize": "--no-standardize", "data_file": "--data"}.get(k, "--" + k.replace("_", "-"))
                 raise UsageError(f"{flag} {v!r} differs from the resumed run's {config[k]!r} ({path}); a resumed "
                                  f"run keeps its settings, only --epochs and --data-dir may change.")
+        if config["schedule_epochs"] is None:  # a run from before schedules: constant
+            config["schedule_epochs"] = config["epochs"]
         if os.path.lexists(out / CHECKPOINT_NAME):
             user_input(f"--resume {out}", check_regular_file, out / CHECKPOINT_NAME, "a checkpoint")
     return config, out, records
@@ -176,17 +146,19 @@ def check_resumable(out: Path, net: fnn.Network, config: dict, loss: fnn.losses.
     path = out / CHECKPOINT_NAME
     if not os.path.lexists(path):  # the run was stopped before its first checkpoint: it starts from epoch 1
         return
-    template = None
-    if optimizer is not None:  # the optimizer state's structure, as fit builds it (shapes only, nothing computed)
-        opt = fnn.make_optimizer(optimizer, config["lr"])
+    template, rate = None, make_schedule(config, 1)  # the structure only: any step count will do
+    if optimizer is not None or callable(rate):  # the optimizer state's structure, as fit builds it
+        opt = fnn.make_optimizer(optimizer or "sgd", rate)
         template = jax.eval_shape(lambda: opt.init(net.init(jax.random.key(0))))
     ckpt = user_input(f"--resume {out}", fnn.checkpoint.load, path, net, opt_state_like=template)
     _, _, saved = user_input("", check_run_metadata, path, ckpt.metadata)
     user_input("", restored_key, path, ckpt.arrays)
-    if optimizer is not None and ckpt.opt_state is None:
-        raise UsageError(f"--resume {out}: {path} holds no optimizer state, but the run uses {optimizer}.")
+    if template is not None and ckpt.opt_state is None:
+        raise UsageError(f"--resume {out}: {path} holds no optimizer state, but the run uses "
+                         f"{optimizer or config['schedule'] + ' schedule'}.")
     now = {"loss": loss.name, "batch_size": config["batch_size"], "grads": config["grads"],
-           "strict": config["strict"], "optimizer": optimizer, "lr": float(config["lr"])}
+           "strict": config["strict"], "optimizer": optimizer,
+           "lr": "schedule" if callable(rate) else float(config["lr"])}
     differ = [f"{k}: checkpoint {saved[k]!r}, config.json {v!r}" for k, v in now.items()
               if k in saved and saved[k] != v]
     pen = None if penalty is None else penalty.describe()  # recorded by fit only when there is one
@@ -195,6 +167,19 @@ def check_resumable(out: Path, net: fnn.Network, config: dict, loss: fnn.losses.
     if differ:
         raise UsageError(f"--resume {out}: {path} was saved with other training settings than "
                          f"{out / 'config.json'} ({'; '.join(differ)}).")
+
+
+def make_schedule(config: dict, steps_per_epoch: int):
+    """``--schedule``'s learning rate over the ``schedule_epochs * steps_per_epoch`` steps: ``config["lr"]``
+    itself (constant), ``optax.cosine_decay_schedule`` to 0, or ``x0.1`` at half and again at three quarters
+    of the steps. The span is the first run's ``--epochs`` (recorded in config.json), so a resumed run with more
+    epochs continues the same schedule (at its final rate)."""
+    lr, total = config["lr"], max(1, config["schedule_epochs"] * steps_per_epoch)
+    if config["schedule"] == "cosine":
+        return optax.cosine_decay_schedule(lr, decay_steps=total)
+    if config["schedule"] == "step":
+        return optax.piecewise_constant_schedule(lr, {total // 2: 0.1, (3 * total) // 4: 0.1})
+    return lr
 
 
 def write_history(out: Path, history: dict, title: str) -> None:
@@ -212,21 +197,6 @@ def write_history(out: Path, history: dict, title: str) -> None:
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
-
-
-def _load_data(config: dict, where: str):
-    """The data set's splits; a bad name, a missing folder or a malformed file is the user's (exit 2)."""
-    if config["dataset"] == "mnist" and config["data_dir"] is None:
-        raise UsageError(f"--dataset mnist needs --data-dir DIR, the folder holding MNIST's four IDX files "
-                         f"{', '.join(f'{name}[.gz]' for name in MNIST_FILES)} (download them from "
-                         f"yann.lecun.com/exdb/mnist or one of its mirrors).")
-    if config["model"] == "cnn" and config["dataset"] == "iris":
-        raise UsageError("--model cnn trains on images: use --dataset digits, mnist or fashion-mnist (iris is a "
-                         "table of 4 measurements).")
-    try:
-        return fnn.load_dataset(config["dataset"], config["data_dir"], flatten=config["model"] == "mlp")
-    except (ValueError, FileNotFoundError) as e:
-        raise UsageError(f"{where} {config['dataset']}: {one_line(e)}") from e
 
 
 def _warn(message: str) -> None:
@@ -257,9 +227,21 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--batch-size {config['batch_size']} must be divisible by --devices {args.devices} "
                              f"(each device takes an equal part of every batch).")
 
-    (x_train, y_train), (x_test, y_test) = _load_data(config, where("dataset") if args.data_dir is None
-                                                      else "--dataset")
-    fingerprint = data_fingerprint(x_train, y_train)  # of the data as loaded, before standardizing
+    data = load_run_data(config, where("data_file" if config["data_file"] else "dataset")
+                         if args.data_dir is None else "--dataset")
+    prep = data.preprocessing
+    if config["data_file"] is not None:
+        config["task"] = prep.task  # as detected (fnn.cli_data), recorded for evaluate and resume
+    if prep.task == "regression":
+        if args.resume is None and args.loss is None:  # a regression's natural loss and output
+            config["loss"] = "mse"
+            loss = fnn.losses.get("mse")
+            config["output"] = output = args.output or "identity"
+        if "cross_entropy" in loss.name:
+            raise UsageError(f"--loss {loss.name} is a classification loss, but the target of {config['data_file']} "
+                             f"is a regression (numbers); use --loss mse, or --task classification.")
+    (x_train, y_train), (x_test, y_test) = data.train, data.test
+    fingerprint = data_fingerprint(*data.loaded)  # of the data as loaded, before splitting or standardizing
     earlier = records.get("earlier_data", [])
     if args.resume is not None and check_fingerprint(records.get("data"), fingerprint, out / "config.json",
                                                      allow=args.allow_other_data):
@@ -271,11 +253,17 @@ def run(args: argparse.Namespace) -> int:
     if config["batch_size"] > x_train.shape[0]:
         raise UsageError(f"--batch-size {config['batch_size']} is larger than the training set "
                          f"({x_train.shape[0]} examples).")
-    if config["standardize"]:
-        x_train, x_test = fnn.standardize(x_train, x_test)
-    classes = int(max(y_train.max(), y_test.max())) + 1
-    if not loss.sparse:
-        y_train, y_test = fnn.one_hot(y_train, classes), fnn.one_hot(y_test, classes)
+    val = data.val
+    if prep.task == "regression":  # (n,) values -> (n, 1) targets of one output
+        classes = 1 if y_train.ndim == 1 else y_train.shape[1]
+        y_train, y_test, *rest = (y.reshape(y.shape[0], -1) for y in (y_train, y_test, *([] if val is None
+                                                                                          else [val[1]])))
+        val = None if val is None else (val[0], rest[0])
+    else:
+        classes = len(prep.classes)
+        if not loss.sparse:
+            y_train, y_test = fnn.one_hot(y_train, classes), fnn.one_hot(y_test, classes)
+            val = None if val is None else (val[0], fnn.one_hot(val[1], classes))
     features = "x".join(map(str, x_train.shape[1:]))  # 64, or 8x8x1 for images
     if config["model"] == "cnn":
         net = make_cnn(x_train.shape[1:], config["hidden"], classes, config["activation"], output, config["dropout"],
@@ -289,7 +277,8 @@ def run(args: argparse.Namespace) -> int:
         check_resumable(out, net, config, loss, optimizer, penalty)
     key_init, key_fit = jax.random.split(jax.random.key(config["seed"]))
     # Sized without allocating (fit checks again, but init would already have allocated a huge net).
-    opt = fnn.make_optimizer(optimizer, config["lr"]) if optimizer is not None else None
+    rate = make_schedule(config, x_train.shape[0] // config["batch_size"])
+    opt = fnn.make_optimizer(optimizer or "sgd", rate) if optimizer is not None or callable(rate) else None
     user_input("", functools.partial(check_memory, what="--hidden"), jax.eval_shape(net.init, key_init), opt,
                strict=config["strict"])
     params = jax.jit(net.init)(key_init)  # one compiled program instead of one compile per eager op
@@ -300,23 +289,28 @@ def run(args: argparse.Namespace) -> int:
             check_no_run_yet(out)  # another run may have used the folder before we locked it
         records["network"] = net.describe()
         write_json(out / "config.json", {**config, **records})
+        write_preprocessing(out, prep)
         lr_note = f" ({config['optimizer']}'s default)" if lr_default else ""
-        print(f"data: {config['dataset']}, {x_train.shape[0]} train / {x_test.shape[0]} test examples, "
-              f"{features} features, {classes} classes{' (standardized)' if config['standardize'] else ''}")
+        what = f"{classes} classes" if prep.task == "classification" else f"{classes} regression target(s)"
+        split = "" if val is None else f" / {val[0].shape[0]} validation"
+        print(f"data: {config['dataset']}, {x_train.shape[0]} train{split} / {x_test.shape[0]} test examples, "
+              f"{features} features, {what}{' (standardized)' if config['standardize'] else ''}")
         extras = "".join(f", {name} {config[name]:g}" for name in ("dropout", "l1", "l2") if config[name]) + (
             f", {config['norm']} norm" if config["norm"] else "")
+        sched = "" if config["schedule"] == "constant" else f" ({config['schedule']} schedule)"
+        stop = "" if config["patience"] is None else f", early stopping (patience {config['patience']})"
         print(f"network: {sizes} {config['activation']} -> {output}{extras}, loss {loss.name}, "
-              f"{config['optimizer']} lr {config['lr']:g}{lr_note}, batch {config['batch_size']}, "
-              f"{config['grads']} gradients")
+              f"{config['optimizer']} lr {config['lr']:g}{lr_note}{sched}, batch {config['batch_size']}, "
+              f"{config['grads']} gradients{stop}")
         print(f"run folder: {out}{' (resumed)' if args.resume else ''}")
         sys.stdout.flush()
         return _train(args, config, records, out, net, params, key_fit, loss, optimizer, penalty,
-                      (x_train, y_train), (x_test, y_test), title=f"{config['dataset']}: {sizes} "
+                      (x_train, y_train), (x_test, y_test), val, rate, title=f"{config['dataset']}: {sizes} "
                       f"{config['activation']} -> {config['output']}{extras}, {loss.name}, {config['optimizer']} lr "
                       f"{config['lr']:g}, batch {config['batch_size']}")
 
 
-def _train(args, config, records, out, net, params, key_fit, loss, optimizer, penalty, train, test, *,
+def _train(args, config, records, out, net, params, key_fit, loss, optimizer, penalty, train, test, val, rate, *,
            title: str) -> int:
     """Train (in the locked folder), write the history and curves, print the test accuracy."""
     t0 = time.perf_counter()
@@ -326,10 +320,12 @@ def _train(args, config, records, out, net, params, key_fit, loss, optimizer, pe
         try:
             *params, history = fnn.fit(
                 net, params, train, test, loss=loss, epochs=config["epochs"],
-                batch_size=config["batch_size"], learning_rate=config["lr"], optimizer=optimizer,
+                batch_size=config["batch_size"], learning_rate=rate, optimizer=optimizer,
                 grads=config["grads"], key=key_fit, progress=not args.no_progress, checkpoint_dir=out,
                 resume=args.resume is not None, strict=config["strict"], callback=lambda e, h: trained.append(e),
                 devices=args.devices, penalty=penalty, state=net.init_state() if net.stateful else None,
+                validation=val, early_stopping=None if config["patience"] is None else fnn.EarlyStopping(
+                    monitor="val_loss", patience=config["patience"]),
             )  # params, or params and the state of a net with BatchNorm
         except fnn.TrainingInterrupted as stop:  # a checkpoint is saved; fnn.cli reports it (exit 130)
             with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C skips the curves, not the message
@@ -358,10 +354,16 @@ def _report(config, records, out, net, params, history, trained, seconds, title,
                 else f"epochs {trained[0]}-{trained[-1]}" if len(trained) > 1 else f"epoch {trained[0]}")
         print(f"trained {span} in {seconds:.1f} s (including compilation); "
               f"train loss {history['train_loss'][-1]:.4f}")
-    else:
+    elif (history.get("early_stopping") or {}).get("stopped_epoch") is None:
         print(f"nothing to train: the run already has {len(history['epoch'])} epochs (raise --epochs)")
         config["epochs"] = max(config["epochs"], len(history["epoch"]))
         write_json(out / "config.json", {**config, **records})
-    accuracy = fnn.evaluate(net, params[0], *test, loss, state=params[1] if net.stateful else None)["accuracy"]
-    print(f"test accuracy: {float(np.nan if accuracy is None else accuracy):.4f}")
+    stopping = history.get("early_stopping")
+    if stopping is not None:
+        print(f"early stopping: {stopping['reason']}; the best epoch's params are in {out / BEST_NAME}")
+    metrics = fnn.evaluate(net, params[0], *test, loss, state=params[1] if net.stateful else None)
+    if metrics["accuracy"] is None or config["task"] == "regression":
+        print(f"test {loss.name}: {metrics['loss']:.6g}")
+    else:
+        print(f"test accuracy: {metrics['accuracy']:.4f}")
     return EXIT_OK

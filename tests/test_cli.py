@@ -79,17 +79,17 @@ def _raise(exc: BaseException):
     return fail
 
 
-@pytest.mark.parametrize("where", ["standardize", "fit"])
+@pytest.mark.parametrize("where", ["data.fit_standardizer", "fit"])
 def test_an_internal_value_error_is_70_with_the_hint_and_no_traceback(where, tmp_path, capsys, monkeypatch):
     """A ValueError deep inside fnn is a bug, not a bad argument (it used to exit 2 as 'bad arguments')."""
-    monkeypatch.setattr(fnn, where, _raise(ValueError("boom")))
+    monkeypatch.setattr(f"fnn.{where}", _raise(ValueError("boom")))
     assert cli.main(["train", *TINY, "--out", str(tmp_path / "r")]) == 70
     line = one_error_line(capsys.readouterr().err, "train")
     assert "internal error" in line and "ValueError: boom" in line and line.endswith(cli.TRACEBACK_HINT)
 
 
 def test_fnn_traceback_prints_the_traceback(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(fnn, "standardize", _raise(TypeError("boom")))
+    monkeypatch.setattr(fnn.data, "fit_standardizer", _raise(TypeError("boom")))
     monkeypatch.setenv("FNN_TRACEBACK", "1")
     assert cli.main(["train", *TINY, "--out", str(tmp_path / "r")]) == 70
     err = capsys.readouterr().err
