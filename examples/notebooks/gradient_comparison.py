@@ -25,9 +25,19 @@
 # $\lVert g - r\rVert_2 / \max(\lVert g\rVert_2, \lVert r\rVert_2)$ over all parameters (0 when both are zero).
 
 # %%
+import os
 import time
 
 T0, CPU0 = time.perf_counter(), time.process_time()  # the notebook's run time, imports included
+
+# Every array here is tiny (3×3 up to 32×16), so compiling, not computing, is most of the run time: XLA compiles
+# each distinct op on its first eager use (and each jitted function once). At optimisation level 0 and without the
+# fusion emitters it compiles them about three times faster; results can differ from the default build in the
+# last bit, far below every tolerance here. (Read when JAX starts its backend: a kernel that has already run JAX
+# keeps the flags it started with.)
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"]
+).strip()
 
 import jax
 
@@ -58,7 +68,8 @@ STEP = {name: float(jnp.finfo(d).eps) ** (1 / 3) for name, d in DTYPES.items()}
 
 
 def flat(tree):
-    return np.asarray(ravel_pytree(tree)[0], np.float64)
+    """A pytree's leaves as one float64 NumPy vector, in ravel_pytree's order (in NumPy: no JAX op to compile)."""
+    return np.concatenate([np.asarray(leaf, np.float64).ravel() for leaf in jax.tree_util.tree_leaves(tree)])
 
 
 def rel_err(g, ref):
@@ -80,7 +91,8 @@ print(f"{len(ACTIVATIONS)} activations × {len(LOSSES)} losses; finite-differenc
 # numbers* (float32 params, inputs and targets, also held in float64), so the float64 manual gradient is the exact
 # answer for the float32 run.
 #
-# Finite differences (`fnn.gradcheck.finite_difference_grads`, in the params' dtype) run in float64 only, as
+# Finite differences (`fnn.gradcheck.finite_difference_grads`, in the params' dtype; written out below as two
+# vmapped batches of loss evaluations: the same numbers, faster) run in float64 only, as
 # `fnn.gradcheck` runs them: they check the *formulas*, and in float32 they measure mostly their own rounding
 # (shown for one row after the maps).
 
@@ -101,31 +113,45 @@ def targets(loss, dtype):
     return jax.random.uniform(ky, (3, 3), jnp.float32, -1, 1).astype(dtype)
 
 
+def central_differences(net, params, x, y, loss, h):
+    """(L(θ + h e_i) - L(θ - h e_i)) / 2h for every coordinate i of the flat params, L = fnn.objective: what
+    finite_difference_grads returns, from the same loss evaluations (without its extra L(θ))."""
+    theta, unravel = ravel_pytree(params)
+    loss_at = jax.vmap(lambda t: fnn.objective(net, loss)(unravel(t), x, y))  # one batched pass per side
+    steps = h * jnp.eye(theta.size, dtype=theta.dtype)
+    plus, minus = np.asarray(loss_at(theta + steps), np.float64), np.asarray(loss_at(theta - steps), np.float64)
+    return (plus - minus) / (2 * h)
+
+
 MAPS = ["float64: manual~jax.grad", "float32: manual~jax.grad", "float64: manual~finite diff.",
         "float32: manual vs exact"]
 errors = {name: np.zeros((len(ACTIVATIONS), len(LOSSES))) for name in MAPS}
 autodiff_f32_vs_exact = np.zeros((len(ACTIVATIONS), len(LOSSES)))
 manual32 = {}  # (activation, loss) -> float32 manual gradient, reused below
 P32 = fnn.mlp([3, 3, 3], dtype=jnp.float32).init(kp)  # every pair's network has these shapes: one draw for all
+PARAMS = {dt: [{k: v.astype(dtype) for k, v in layer.items()} for layer in P32] for dt, dtype in DTYPES.items()}
+XS = {dt: X.astype(dtype) for dt, dtype in DTYPES.items()}
+YS = {(loss, dt): targets(loss, dtype) for loss in LOSSES for dt, dtype in DTYPES.items()}
 t = time.perf_counter()
 for i, act in enumerate(ACTIVATIONS):
     for j, loss in enumerate(LOSSES):
         grads = {}
         for dt, dtype in DTYPES.items():
             net = fnn.mlp([3, 3, 3], hidden=act, output=fnn.losses.natural_output(loss) or act, dtype=dtype)
-            params = [{k: v.astype(dtype) for k, v in layer.items()} for layer in P32]
-            x, y = X.astype(dtype), targets(loss, dtype)
+            params, x, y = PARAMS[dt], XS[dt], YS[loss, dt]
             manual, auto = fnn.backprop(net, params, x, y, loss)[1], fnn.autodiff(net, params, x, y, loss)[1]
             grads[dt] = flat(manual), flat(auto)
             errors[f"{dt}: manual~jax.grad"][i, j] = rel_err(*grads[dt])
             if dt == "float64":
-                fd = finite_difference_grads(net, params, x, y, loss, eps=STEP[dt])
-                errors["float64: manual~finite diff."][i, j] = rel_err(grads[dt][0], flat(fd))
+                fd = central_differences(net, params, x, y, loss, STEP[dt])
+                errors["float64: manual~finite diff."][i, j] = rel_err(grads[dt][0], fd)
         exact = grads["float64"][0]  # the float64 manual gradient on the float32 run's numbers
         manual32[act, loss] = grads["float32"][0]
         errors["float32: manual vs exact"][i, j] = rel_err(grads["float32"][0], exact)
         autodiff_f32_vs_exact[i, j] = rel_err(grads["float32"][1], exact)
 print(f"{len(ACTIVATIONS) * len(LOSSES)} pairs × 2 dtypes in {time.perf_counter() - t:.1f} s")
+# The written-out differences are finite_difference_grads' numbers, bit for bit (checked on the loop's last pair):
+assert np.array_equal(fd, flat(finite_difference_grads(net, params, x, y, loss, eps=STEP["float64"])))
 
 # %%
 fig = Figure(figsize=(15, 10), layout="constrained")
@@ -151,7 +177,7 @@ assert errors["float32: manual vs exact"].max() < 1e-5 and autodiff_f32_vs_exact
 fd32 = {}
 for loss in LOSSES:
     net = fnn.mlp([3, 3, 3], hidden="tanh", output=fnn.losses.natural_output(loss) or "tanh", dtype=jnp.float32)
-    fd = finite_difference_grads(net, P32, X, targets(loss, jnp.float32), loss, eps=STEP["float32"])
+    fd = finite_difference_grads(net, P32, X, YS[loss, "float32"], loss, eps=STEP["float32"])
     fd32[loss] = rel_err(manual32["tanh", loss], flat(fd))
 print("float32 finite differences vs manual, tanh row:", ", ".join(f"{k} {v:.0e}" for k, v in fd32.items()))
 # The noisy leg is finite differences: far worse than the float32 manual pass against the exact answer.
@@ -182,15 +208,25 @@ depth_err = {"manual f32 vs exact": [], "jax.grad f32 vs exact": [], "manual vs 
 # One draw for the deepest net; the net with d hidden layers takes its first d layers and its output layer.
 deepest = fnn.mlp([8] + [16] * max(DEPTHS) + [4], hidden="tanh", output="identity", dtype=jnp.float32)
 deep_params = deepest.init(jax.random.key(1))
-for depth in DEPTHS:
-    net32 = fnn.mlp([8] + [16] * depth + [4], hidden="tanh", output="identity", dtype=jnp.float32)
-    net64 = fnn.mlp([8] + [16] * depth + [4], hidden="tanh", output="identity", dtype=jnp.float64)
-    p32 = deep_params[:depth] + deep_params[-1:]
-    p64 = jax.tree_util.tree_map(lambda w: w.astype(jnp.float64), p32)
-    x64, y64 = xd.astype(jnp.float64), yd.astype(jnp.float64)
-    g32, g64 = fnn.backprop(net32, p32, xd, yd, "mse")[1], fnn.backprop(net64, p64, x64, y64, "mse")[1]
-    m32, m64 = flat(g32), flat(g64)
-    a32 = flat(fnn.autodiff(net32, p32, xd, yd, "mse")[1])
+
+
+@jax.jit  # the whole sweep as one compiled program (eagerly, each of the deep nets' many small ops runs on its own)
+def depth_sweep(deep_params, xd, yd):
+    """For each depth in DEPTHS: (manual float32, manual float64, jax.grad float32) gradients, on the same numbers."""
+    out = []
+    for depth in DEPTHS:
+        net32 = fnn.mlp([8] + [16] * depth + [4], hidden="tanh", output="identity", dtype=jnp.float32)
+        net64 = fnn.mlp([8] + [16] * depth + [4], hidden="tanh", output="identity", dtype=jnp.float64)
+        p32 = deep_params[:depth] + deep_params[-1:]
+        p64 = jax.tree_util.tree_map(lambda w: w.astype(jnp.float64), p32)
+        x64, y64 = xd.astype(jnp.float64), yd.astype(jnp.float64)
+        out.append((fnn.backprop(net32, p32, xd, yd, "mse")[1], fnn.backprop(net64, p64, x64, y64, "mse")[1],
+                    fnn.autodiff(net32, p32, xd, yd, "mse")[1]))
+    return out
+
+
+for g32, g64, a32 in depth_sweep(deep_params, xd, yd):
+    m32, m64, a32 = flat(g32), flat(g64), flat(a32)
     for key, e in zip(depth_err, [rel_err(m32, m64), rel_err(a32, m64), rel_err(m32, a32)], strict=True):
         depth_err[key].append(e)
     layer_err = [rel_err(flat(a), flat(b)) for a, b in zip(g32, g64, strict=True)]  # per layer, for the deepest
