@@ -12,12 +12,25 @@
   with a fresh optimizer) already compiled; the cache is keyed on the program's HLO, the compile options, the
   XLA flags and the devices, so a hit returns the executable the same compile would produce. Subprocesses the
   tests start do not see it (a fresh process compiles on its own, as a user's does).
+* XLA's CPU backend with its legacy loop emitters (``--xla_cpu_use_fusion_emitters=false`` in ``XLA_FLAGS``, set
+  before JAX starts, so the subprocesses the tests start inherit it): the same HLO, the same numerics (the
+  notebooks' printed errors and every test's equalities are unchanged by it), compiled about 20% faster
+  (``tests/test_conv.py``: 195 -> 154 s of CPU). Users' runs keep XLA's defaults; the benchmarks are never run
+  with it.
 """
+
+# ruff: noqa: E402 - XLA_FLAGS must be set before JAX (imported below) can start its backend
 
 from __future__ import annotations
 
-import contextlib
 import os
+
+#: Appended to ``XLA_FLAGS`` for the session (see the module docstring); subprocess environments keep it.
+TEST_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"
+if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+
+import contextlib
 import shutil
 import signal
 import tempfile

@@ -214,7 +214,7 @@ def test_train_on_two_forced_host_devices(tmp_path):
     """Both runs in one process started with two host devices (each process pays JAX's start and compiles)."""
     common = ["train", "--devices", "2", "--epochs", "2", "--no-progress"]
     argvs = [[*common, "--out", str(tmp_path / "r")], [*common, "--out", str(tmp_path / "odd"), "--batch-size", "33"]]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"}
     proc = subprocess.run([sys.executable, "-c", RUN_EACH, json.dumps(argvs)], capture_output=True, text=True,
                           env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr

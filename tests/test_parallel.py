@@ -55,7 +55,7 @@ def _env(device_count: int, *, fast_compile: bool = False, **extra: str) -> dict
     flags = f"--xla_force_host_platform_device_count={device_count}"
     if fast_compile:
         flags += f" {FAST_COMPILE_FLAGS}"
-    env.update(XLA_FLAGS=flags, JAX_PLATFORMS="cpu", **extra)
+    env.update(XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip(), JAX_PLATFORMS="cpu", **extra)
     return env
 
 
