@@ -36,7 +36,7 @@ from fnn.data import Standardizer
 from fnn.idx import MNIST_FILES
 from fnn.run import Preprocessing
 
-__all__ = ["CLASS_NAMES", "FEATURE_NAMES", "RunData", "load_run_data", "task_of"]
+__all__ = ["CLASS_NAMES", "FEATURE_NAMES", "RunData", "load_run_data", "loss_targets", "task_of"]
 
 #: Feature (the shipped CSV's columns) and class names of the shipped data sets (others: x0, x1, ... and "0", "1", ...).
 FEATURE_NAMES = {"iris": ("sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm")}
@@ -57,6 +57,14 @@ class RunData(NamedTuple):
     test: tuple
     loaded: tuple
     preprocessing: Preprocessing
+
+
+def loss_targets(y: np.ndarray, task: str, loss, classes: int | None) -> np.ndarray:
+    """Targets in the loss's form: class indices (a sparse loss) or one-hot rows of ``classes`` classes, or a
+    regression's values as ``(n, k)`` rows (``(n,)`` values are one output; ``classes`` is not used)."""
+    if task == "classification":
+        return y if loss.sparse else fnn.one_hot(y, classes)
+    return y.reshape(y.shape[0], -1)
 
 
 def task_of(table: tabular.Table) -> str:

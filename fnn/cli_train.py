@@ -64,7 +64,7 @@ from fnn._run_folder import (
     make_folder,
     read_config,
 )
-from fnn.cli_data import load_run_data
+from fnn.cli_data import load_run_data, loss_targets
 from fnn.early_stopping import BEST_NAME
 from fnn.run import write_preprocessing
 from fnn.train import CHECKPOINT_NAME
@@ -147,8 +147,8 @@ def check_resumable(out: Path, net: fnn.Network, config: dict, loss: fnn.losses.
     if not os.path.lexists(path):  # the run was stopped before its first checkpoint: it starts from epoch 1
         return
     template, rate = None, make_schedule(config, 1)  # the structure only: any step count will do
-    if optimizer is not None or callable(rate):  # the optimizer state's structure, as fit builds it
-        opt = fnn.make_optimizer(optimizer or "sgd", rate)
+    opt = fnn.optim.resolve_optimizer(optimizer, rate)[0]  # the transformation fit builds (None: plain SGD)
+    if opt is not None:  # the optimizer state's structure, as fit builds it (shapes only, nothing computed)
         template = jax.eval_shape(lambda: opt.init(net.init(jax.random.key(0))))
     ckpt = user_input(f"--resume {out}", fnn.checkpoint.load, path, net, opt_state_like=template)
     _, _, saved = user_input("", check_run_metadata, path, ckpt.metadata)
@@ -253,17 +253,10 @@ def run(args: argparse.Namespace) -> int:
     if config["batch_size"] > x_train.shape[0]:
         raise UsageError(f"--batch-size {config['batch_size']} is larger than the training set "
                          f"({x_train.shape[0]} examples).")
-    val = data.val
-    if prep.task == "regression":  # (n,) values -> (n, 1) targets of one output
-        classes = 1 if y_train.ndim == 1 else y_train.shape[1]
-        y_train, y_test, *rest = (y.reshape(y.shape[0], -1) for y in (y_train, y_test, *([] if val is None
-                                                                                          else [val[1]])))
-        val = None if val is None else (val[0], rest[0])
-    else:
-        classes = len(prep.classes)
-        if not loss.sparse:
-            y_train, y_test = fnn.one_hot(y_train, classes), fnn.one_hot(y_test, classes)
-            val = None if val is None else (val[0], fnn.one_hot(val[1], classes))
+    # classes, or regression outputs ((n,) values are one output); the targets in the loss's form
+    classes = len(prep.classes) if prep.task == "classification" else 1 if y_train.ndim == 1 else y_train.shape[1]
+    y_train, y_test = (loss_targets(y, prep.task, loss, classes) for y in (y_train, y_test))
+    val = None if data.val is None else (data.val[0], loss_targets(data.val[1], prep.task, loss, classes))
     features = "x".join(map(str, x_train.shape[1:]))  # 64, or 8x8x1 for images
     if config["model"] == "cnn":
         net = make_cnn(x_train.shape[1:], config["hidden"], classes, config["activation"], output, config["dropout"],
@@ -278,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
     key_init, key_fit = jax.random.split(jax.random.key(config["seed"]))
     # Sized without allocating (fit checks again, but init would already have allocated a huge net).
     rate = make_schedule(config, x_train.shape[0] // config["batch_size"])
-    opt = fnn.make_optimizer(optimizer or "sgd", rate) if optimizer is not None or callable(rate) else None
+    opt = fnn.optim.resolve_optimizer(optimizer, rate)[0]  # what fit will build (None: plain SGD)
     user_input("", functools.partial(check_memory, what="--hidden"), jax.eval_shape(net.init, key_init), opt,
                strict=config["strict"])
     params = jax.jit(net.init)(key_init)  # one compiled program instead of one compile per eager op

@@ -48,7 +48,7 @@ from fnn import tabular
 from fnn._checkpoint_format import atomic_write
 from fnn._cli import EXIT_OK, UsageError, one_line, positive, user_input
 from fnn._run_folder import TRAIN_DEFAULTS, check_config, data_fingerprint, describe_fingerprint
-from fnn.cli_data import load_run_data
+from fnn.cli_data import load_run_data, loss_targets
 from fnn.cli_train import PLOT_SKIPPED
 from fnn.early_stopping import BEST_NAME
 from fnn.plot import png_bytes
@@ -164,10 +164,9 @@ def _own_test_set(run: Run) -> tuple[np.ndarray, np.ndarray, str]:
 
 def _targets(run: Run, y: np.ndarray, path: str) -> np.ndarray:
     """``y`` in the loss's form: class indices or one-hot rows, or ``(n, k)`` regression values."""
-    if run.preprocessing.task == "classification":
-        return y if run.loss.sparse else fnn.one_hot(y, len(run.preprocessing.classes))
-    y = y.reshape(y.shape[0], -1)
-    if y.shape[1:] != run.net.output_shape:
+    prep = run.preprocessing
+    y = loss_targets(y, prep.task, run.loss, None if prep.classes is None else len(prep.classes))
+    if prep.task == "regression" and y.shape[1:] != run.net.output_shape:
         raise UsageError(f"{path}: the targets have shape {y.shape}, but the run's network has "
                          f"{run.net.output_shape[-1]} output(s): expected ({y.shape[0]}, {run.net.output_shape[-1]}).")
     return y

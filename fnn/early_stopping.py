@@ -35,8 +35,8 @@ __all__ = ["BEST_NAME", "MONITORS", "EarlyStopping", "Tracker", "check_early_sto
 
 #: The file the best params are written to in a run folder.
 BEST_NAME = "best.safetensors"
-#: What can be monitored, and whether smaller or larger is better.
-MONITORS = {"val_loss": "min", "val_accuracy": "max"}
+#: What can be monitored: the validation metric it is, and whether smaller or larger is better.
+MONITORS = {"val_loss": ("loss", "min"), "val_accuracy": ("accuracy", "max")}
 
 
 class EarlyStopping(NamedTuple):
@@ -109,7 +109,7 @@ class Tracker:
             return False
         if self.best_value is None:
             return True
-        if MONITORS[self.rule.monitor] == "min":
+        if MONITORS[self.rule.monitor][1] == "min":
             return value < self.best_value - self.rule.min_delta
         return value > self.best_value + self.rule.min_delta
 
@@ -131,8 +131,10 @@ class Tracker:
                              f"but its history's {self.rule.monitor} is best at epoch {self.best_epoch}.")
         self.params, self.state = best[0], best[1]
 
-    def observe(self, epoch: int, value, params, state) -> None:
-        """Epoch ``epoch`` finished with ``value`` of the monitor; a new best is kept (and written)."""
+    def observe(self, epoch: int, metrics: dict, params, state) -> None:
+        """Epoch ``epoch`` finished with the validation ``metrics`` (evaluation's ``{"loss", "accuracy"}``); a new
+        best of the monitored one is kept (and written)."""
+        value = metrics[MONITORS[self.rule.monitor][0]]
         if not self._improves(value):
             return
         self.best_epoch, self.best_value, self.params, self.state = epoch, float(value), params, state

@@ -87,10 +87,9 @@ def named_learning_rate(optimizer: str | None, learning_rate):
 
 
 @functools.lru_cache(maxsize=64)
-def _named_optimizer(name: str | None, learning_rate) -> optax.GradientTransformation:
-    """:func:`make_optimizer`, one object per ``(name, learning_rate)`` so compiled programs can be reused; name
-    None (plain SGD) with a schedule is ``optax.sgd(schedule)``."""
-    return optax.sgd(learning_rate) if name is None else make_optimizer(name, learning_rate)
+def _named_optimizer(name: str, learning_rate) -> optax.GradientTransformation:
+    """:func:`make_optimizer`, one object per ``(name, learning_rate)`` so compiled programs can be reused."""
+    return make_optimizer(name, learning_rate)
 
 
 def _cached(name, rate) -> optax.GradientTransformation:
@@ -128,7 +127,7 @@ def resolve_optimizer(optimizer, learning_rate) -> tuple[optax.GradientTransform
         rate = named_learning_rate(optimizer, learning_rate)
         if optimizer is None and not is_schedule(rate):
             return None, rate
-        return _cached(optimizer, rate), None
+        return _cached(optimizer or "sgd", rate), None  # plain SGD with a schedule: optax.sgd(schedule)
     if isinstance(optimizer, optax.GradientTransformation):
         if learning_rate is not None:
             raise ValueError(

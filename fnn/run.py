@@ -17,6 +17,7 @@ What a run folder holds for this (beside config.json, the checkpoint and the his
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -170,11 +171,16 @@ class Run(NamedTuple):
         """The network's outputs (inference mode) on raw examples ``x`` ``(m, *input_shape)``, transformed as in
         training: class probabilities for a softmax/sigmoid output, else the output layer's values."""
         x = self.preprocessing.transform(x)
-        net = self.net  # inference mode; a net with state returns (out, state): its running statistics stay
-        apply = jax.jit(lambda p, s, xb: net.apply(p, xb, state=s)[0] if s is not None else net.apply(p, xb))
-        outs = [np.asarray(apply(self.params, self.state, x[i:i + batch_size]))
+        outs = [np.asarray(_outputs(self.net, self.params, self.state, x[i:i + batch_size]))
                 for i in range(0, x.shape[0], batch_size)]
         return np.concatenate(outs) if outs else np.zeros((0, *self.net.output_shape), np.float32)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _outputs(net: Network, params, state, x):
+    """``net.apply`` in inference mode, compiled once per network and shapes (not once per ``predict``); a net
+    with state returns ``(out, state)`` and its running statistics stay as they are."""
+    return net.apply(params, x) if state is None else net.apply(params, x, state=state)[0]
 
 
 def load_run(path: str | os.PathLike) -> Run:

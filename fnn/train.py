@@ -244,7 +244,7 @@ def fit(
             record_epoch(history, e + 1, float(step_losses.mean()), epoch_time, test_metrics, val_metrics)
             stop = False
             if tracker is not None:
-                tracker.observe(e + 1, val_metrics[rule.monitor[4:]], params, net_state)
+                tracker.observe(e + 1, val_metrics, params, net_state)
                 stop = tracker.exhausted(e + 1)
                 tracker.record(history, e + 1 if stop else None)
             show_epoch(bar, history)
